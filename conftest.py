@@ -1,0 +1,2 @@
+# Keep doctest collection from executing the command-line entry point.
+collect_ignore = ["mlcourse/__main__.py"]

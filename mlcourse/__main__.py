@@ -1,0 +1,5 @@
+import sys
+
+from mlcourse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,184 @@
+"""The ``mlcourse`` command line: doctor, train, eval, bench.
+
+Every command that reports numbers takes ``--json`` and then prints exactly one JSON object on
+standard output (progress bars and messages go to standard error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+COMMANDS = {
+    "doctor": "versions, device, widgets, and what will be slow",
+    "train": "train an experiment, with checkpoints and --resume",
+    "eval": "evaluate a trained checkpoint",
+    "bench": "side-by-side speed ratios measured in one run",
+}
+
+
+def _emit(result: dict, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(text if text is not None else json.dumps(result, indent=2))
+
+
+def _experiment_name(rest: list[str]) -> str | None:
+    return rest[0] if rest and not rest[0].startswith("-") else None
+
+
+def _experiment_parser(command: str, rest: list[str]):
+    from mlcourse import experiments
+
+    parser = argparse.ArgumentParser(prog=f"mlcourse {command}", description=COMMANDS[command])
+    lines = [f"  {n:<16}{e.description}" for n, e in experiments.EXPERIMENTS.items()]
+    parser.epilog = "experiments:\n" + "\n".join(lines)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("experiment", choices=sorted(experiments.EXPERIMENTS), metavar="EXPERIMENT")
+    name = _experiment_name(rest)
+    exp = experiments.EXPERIMENTS.get(name) if name else None
+    return parser, exp
+
+
+def cmd_train(rest: list[str]) -> int:
+    from mlcourse import experiments
+
+    parser, exp = _experiment_parser("train", rest)
+    parser.add_argument("--out", required=True, help="run folder (checkpoint, config, log)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="stop after this many seconds of training (a checkpoint is saved)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary")
+    if exp is not None:
+        group = parser.add_argument_group(f"{exp.name} options")
+        for f in dataclasses.fields(exp.config_cls):
+            default = exp.defaults.get(f.name, f.default)
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                type=type(f.default),
+                default=None,
+                help=f"{f.metadata.get('help', '')} (default: {default})",
+            )
+    args = parser.parse_args(rest)
+    fields = [f.name for f in dataclasses.fields(exp.config_cls)]
+    overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    summary = experiments.run_training(
+        args.experiment,
+        args.out,
+        overrides=overrides,
+        device=args.device,
+        max_seconds=args.max_seconds,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    _emit(
+        summary,
+        args.json,
+        f"{summary['experiment']}: step {summary['step']}/{summary['steps']}"
+        f" in {summary['seconds']:.0f} s, loss {summary['loss']:.4g};"
+        f" checkpoint in {summary['out']}",
+    )
+    return 0
+
+
+def cmd_eval(rest: list[str]) -> int:
+    from mlcourse import experiments
+
+    parser, exp = _experiment_parser("eval", rest)
+    parser.add_argument(
+        "--checkpoint", required=True, help="run folder written by `mlcourse train`"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    if exp is not None:
+        exp.add_eval_args(parser.add_argument_group(f"{exp.name} options"))
+    args = parser.parse_args(rest)
+    result = experiments.run_evaluation(args.experiment, args.checkpoint, args, device=args.device)
+    text = "\n".join(f"{k:<16}{v}" for k, v in result.items())
+    _emit(result, args.json, text)
+    return 0
+
+
+def cmd_bench(rest: list[str]) -> int:
+    from mlcourse import bench
+
+    parser = argparse.ArgumentParser(prog="mlcourse bench", description=COMMANDS["bench"])
+    parser.add_argument(
+        "name",
+        choices=sorted(bench.BENCHMARKS),
+        metavar="NAME",
+        help=f"one of {', '.join(sorted(bench.BENCHMARKS))}",
+    )
+    parser.add_argument("--iters", type=int, default=40, help="iterations per round and variant")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile (compiles first: about a minute on a CPU)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(rest)
+    result = bench.BENCHMARKS[args.name](
+        iters=args.iters, rounds=args.rounds, device=args.device, compile=args.compile
+    )
+    _emit(result, args.json, "\n".join(f"{k:<22}{v}" for k, v in result.items()))
+    return 0
+
+
+def cmd_doctor(rest: list[str]) -> int:
+    from mlcourse import doctor
+
+    parser = argparse.ArgumentParser(prog="mlcourse doctor", description=COMMANDS["doctor"])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(rest)
+    rep = doctor.report()
+    _emit(rep, args.json, doctor.format_report(rep))
+    return 0
+
+
+HANDLERS = {"doctor": cmd_doctor, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = (
+        "usage: mlcourse {"
+        + ",".join(COMMANDS)
+        + "} ...\n\n"
+        + "\n".join(f"  {name:<8}{text}" for name, text in COMMANDS.items())
+        + "\n\n`mlcourse COMMAND --help` for a command's options."
+    )
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from mlcourse import __version__
+
+        print(f"mlcourse {__version__}")
+        return 0
+    if argv[0] not in HANDLERS:
+        print(f"mlcourse: unknown command {argv[0]!r}\n\n{usage}", file=sys.stderr)
+        return 2
+    try:
+        return HANDLERS[argv[0]](argv[1:])
+    except KeyboardInterrupt:
+        print("mlcourse: interrupted (the last checkpoint is kept; use --resume)", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, FloatingPointError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"mlcourse {argv[0]}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The registry behind ``mlcourse train`` and ``mlcourse eval``: one entry per experiment."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlcourse import sine
+from mlcourse.training import default_device, load_checkpoint, make_config, train
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """How to train and evaluate one named experiment.
+
+    Attributes:
+        name: the CLI name, e.g. ``maml-sine``.
+        description: one line for ``--help``.
+        config_cls: the config dataclass; each field is a ``train`` option.
+        defaults: the experiment's values for config fields.
+        make_learner: ``make_learner(config, device) -> learner`` (see :mod:`mlcourse.training`).
+        add_eval_args: adds the experiment's ``eval`` options to a parser.
+        evaluate: ``evaluate(learner, options) -> dict`` of figures.
+    """
+
+    name: str
+    description: str
+    config_cls: type
+    make_learner: Callable[[Any, torch.device], Any]
+    add_eval_args: Callable[[argparse.ArgumentParser], None]
+    evaluate: Callable[[Any, argparse.Namespace], dict]
+    defaults: dict = field(default_factory=dict)
+
+
+def _sine_eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shots", type=int, default=10, help="support points per task (K)")
+    parser.add_argument("--inner-steps", type=int, default=1, help="adaptation steps")
+    parser.add_argument("--num-tasks", type=int, default=1000, help="held-out tasks")
+    parser.add_argument(
+        "--inner-lr",
+        type=float,
+        default=None,
+        help="test-time step size (default: the run's; Meta-SGD: learned)",
+    )
+    parser.add_argument("--seed", type=int, default=sine.EVAL_SEED, help="seed of held-out tasks")
+
+
+def _sine_evaluate(learner: sine.SineLearner, opts: argparse.Namespace) -> dict:
+    inner_lr = learner.eval_inner_lr() if opts.inner_lr is None else opts.inner_lr
+    figures = sine.evaluate(
+        learner.model,
+        learner.params,
+        inner_lr,
+        shots=opts.shots,
+        inner_steps=opts.inner_steps,
+        num_tasks=opts.num_tasks,
+        seed=opts.seed,
+    )
+    return {
+        "shots": opts.shots,
+        "inner_steps": opts.inner_steps,
+        "num_tasks": opts.num_tasks,
+        "inner_lr": "learned" if isinstance(inner_lr, dict) else inner_lr,
+        **figures,
+    }
+
+
+_SINE_TEXT = {
+    "maml": "MAML (second order) on sinusoid regression",
+    "fomaml": "first-order MAML on sinusoid regression",
+    "metasgd": "Meta-SGD (learned per-parameter step sizes) on sinusoid regression",
+    "reptile": "Reptile (batched) on sinusoid regression",
+    "pretrain": "baseline: one network trained on all sinusoids jointly, fine-tuned at test time",
+}
+
+EXPERIMENTS: dict[str, Experiment] = {
+    name: Experiment(
+        name=name,
+        description=_SINE_TEXT[defaults["algorithm"]],
+        config_cls=sine.SineConfig,
+        make_learner=sine.SineLearner,
+        add_eval_args=_sine_eval_args,
+        evaluate=_sine_evaluate,
+        defaults=defaults,
+    )
+    for name, defaults in sine.EXPERIMENTS.items()
+}
+
+
+def get(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise KeyError(f"unknown experiment {name!r}; choose one of {sorted(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+def run_training(
+    name: str,
+    out: str | Path,
+    *,
+    overrides: dict | None = None,
+    device=None,
+    max_seconds=None,
+    resume=False,
+    progress=True,
+) -> dict:
+    """Trains (or resumes) experiment ``name`` into ``out``; returns the summary."""
+    exp = get(name)
+    overrides = dict(overrides or {})
+    if resume:
+        saved = load_checkpoint(out, "cpu")["config"]
+        changed = {k: v for k, v in overrides.items() if k != "steps" and saved.get(k) != v}
+        if changed:
+            raise ValueError(
+                f"cannot change {sorted(changed)} when resuming (only --steps); "
+                "start a new run in another --out instead"
+            )
+        config = make_config(exp.config_cls, {**saved, **overrides})
+    else:
+        config = make_config(exp.config_cls, {**exp.defaults, **overrides})
+    return train(
+        name,
+        exp.make_learner,
+        config,
+        out,
+        device=device,
+        max_seconds=max_seconds,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def load_learner(name: str, checkpoint: str | Path, device=None):
+    """Rebuilds the learner of a finished (or interrupted) run from its checkpoint."""
+    exp = get(name)
+    device = torch.device(device) if device is not None else default_device()
+    state = load_checkpoint(checkpoint, device)
+    if state["experiment"] != name:
+        raise ValueError(f"{checkpoint} holds a '{state['experiment']}' run, not '{name}'")
+    learner = exp.make_learner(make_config(exp.config_cls, state["config"]), device)
+    learner.load_state_dict(state["learner"])
+    return learner, state
+
+
+def run_evaluation(
+    name: str, checkpoint: str | Path, opts: argparse.Namespace, device=None
+) -> dict:
+    """Evaluates a checkpoint of experiment ``name`` with the experiment's eval options."""
+    learner, state = load_learner(name, checkpoint, device)
+    return {
+        "experiment": name,
+        "checkpoint": str(checkpoint),
+        "trained_steps": state["step"],
+        **get(name).evaluate(learner, opts),
+    }

@@ -1,0 +1,330 @@
+"""Model-Agnostic Meta-Learning (Finn et al., 2017) as a functional core.
+
+Parameters are ``dict[str, Tensor]`` fed to any ``nn.Module`` through
+``torch.func.functional_call``. The vectorized functions (:func:`adapt_batch`,
+:func:`meta_loss`) run every task of a batch at once with ``torch.func.vmap``; the
+per-task loop (:func:`adapt_reference`, :func:`meta_loss_loop`) is the plain reference they are
+tested against. Introduced in lesson 02 (``notebooks/02_maml.ipynb``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from mlcourse.validation import check_model, check_params, check_task, check_tasks
+
+Params = dict[str, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+LearningRate = float | Mapping[str, Tensor]
+
+__all__ = [
+    "adapt",
+    "adapt_batch",
+    "adapt_reference",
+    "meta_loss",
+    "meta_loss_loop",
+    "params_of",
+    "query_losses",
+]
+
+
+def params_of(model: nn.Module) -> Params:
+    """The model's own parameters as a dict (gradients flow back into the module).
+
+    Example:
+        >>> from mlcourse.models import MLP
+        >>> sorted(params_of(MLP()))[:2]
+        ['0.bias', '0.weight']
+    """
+    return dict(model.named_parameters())
+
+
+def adapt(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    *,
+    loss_fn: LossFn,
+    inner_lr: LearningRate,
+    num_inner_steps: int = 1,
+    first_order: bool = False,
+) -> Params:
+    """Adapts ``params`` to one task with ``num_inner_steps`` steps of gradient descent.
+
+    Each step is ``θ ← θ - inner_lr * ∇_θ loss_fn(model(x_support; θ), y_support)``. The result
+    stays differentiable with respect to the input ``params``: with ``first_order=False`` the
+    meta-gradient includes the second-order terms (MAML); with ``first_order=True`` the inner
+    gradients are treated as constants (first-order MAML).
+
+    Args:
+        model: any module without running statistics; only its structure is used.
+        params: parameters to start from, ``{name: tensor}`` (a subset of the model's names).
+        x_support: ``(k_support, *input_shape)`` inputs of one task.
+        y_support: ``(k_support, *target_shape)`` targets of that task.
+        loss_fn: ``loss_fn(prediction, target) -> scalar``, e.g. ``F.mse_loss``.
+        inner_lr: step size, a float or a ``{name: tensor}`` of per-parameter step sizes
+            (Meta-SGD), each broadcastable to its parameter.
+        num_inner_steps: number of gradient steps; 0 returns ``params`` unchanged.
+        first_order: drop the second-order terms of the meta-gradient.
+
+    Returns:
+        The adapted parameters, ``{name: tensor}`` with the shapes of ``params``.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> from mlcourse.models import MLP
+        >>> model = MLP()
+        >>> x, y = torch.randn(10, 1), torch.randn(10, 1)
+        >>> fast = adapt(model, params_of(model), x, y, loss_fn=F.mse_loss, inner_lr=0.01)
+        >>> fast["0.weight"].shape
+        torch.Size([40, 1])
+    """
+    check_model(model)
+    params = check_params(model, params)
+    _check_inner(params, inner_lr, num_inner_steps)
+    check_task(params, x_support, y_support)
+    return _adapt(
+        model, params, x_support, y_support, loss_fn, inner_lr, num_inner_steps, first_order
+    )
+
+
+def adapt_batch(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    *,
+    loss_fn: LossFn,
+    inner_lr: LearningRate,
+    num_inner_steps: int = 1,
+    first_order: bool = False,
+) -> Params:
+    """:func:`adapt` on every task of a batch at once (``vmap`` over the leading dimension).
+
+    Args:
+        model, params, loss_fn, inner_lr, num_inner_steps, first_order: as in :func:`adapt`.
+        x_support: ``(num_tasks, k_support, *input_shape)``.
+        y_support: ``(num_tasks, k_support, *target_shape)``.
+
+    Returns:
+        ``{name: tensor}`` where each tensor is ``(num_tasks, *param_shape)``.
+    """
+    check_model(model, vectorized_second_order=not first_order and num_inner_steps > 0)
+    params = check_params(model, params)
+    _check_inner(params, inner_lr, num_inner_steps)
+    check_task(params, x_support, y_support, batched=True)
+    return _adapt_batch(
+        model, params, x_support, y_support, loss_fn, inner_lr, num_inner_steps, first_order
+    )
+
+
+def query_losses(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    loss_fn: LossFn,
+) -> Tensor:
+    """Each task's loss on its query set, under its own (adapted) parameters.
+
+    Args:
+        model: the module.
+        params: ``{name: (num_tasks, *param_shape)}``, e.g. from :func:`adapt_batch`.
+        x_query: ``(num_tasks, k_query, *input_shape)``.
+        y_query: ``(num_tasks, k_query, *target_shape)``.
+        loss_fn: ``loss_fn(prediction, target) -> scalar``.
+
+    Returns:
+        ``(num_tasks,)`` losses.
+    """
+
+    def one_task(p: Params, x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(functional_call(model, p, (x,)), y)
+
+    return vmap(one_task)(dict(params), x_query, y_query)
+
+
+def meta_loss(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    tasks,
+    *,
+    loss_fn: LossFn,
+    inner_lr: LearningRate,
+    num_inner_steps: int = 1,
+    first_order: bool = False,
+) -> Tensor:
+    """The MAML objective: mean over tasks of the query loss after adapting on the support set.
+
+    ``meta_loss = mean_τ loss_fn(model(x_query_τ; adapt(params, support_τ)), y_query_τ)``,
+    computed for all tasks at once. Calling ``.backward()`` on it gives the meta-gradient.
+
+    Args:
+        model, params, loss_fn, inner_lr, num_inner_steps, first_order: as in :func:`adapt`.
+        tasks: any object with tensors ``x_support, y_support, x_query, y_query`` whose leading
+            dimension is the task (e.g. :class:`mlcourse.tasks.TaskBatch`); every task must have
+            the same number of points (use :func:`meta_loss_loop` otherwise).
+
+    Returns:
+        A scalar tensor.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> from mlcourse.models import MLP
+        >>> from mlcourse.tasks import Sinusoid
+        >>> model, tasks = MLP(), Sinusoid().sample(25, 10, 10)
+        >>> loss = meta_loss(model, params_of(model), tasks, loss_fn=F.mse_loss, inner_lr=0.01)
+        >>> loss.backward(); model[0].weight.grad.shape
+        torch.Size([40, 1])
+    """
+    check_model(model, vectorized_second_order=not first_order and num_inner_steps > 0)
+    params = check_params(model, params)
+    _check_inner(params, inner_lr, num_inner_steps)
+    x_support, y_support, x_query, y_query = check_tasks(params, tasks)
+
+    def one_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
+        adapted = _adapt(model, params, xs, ys, loss_fn, inner_lr, num_inner_steps, first_order)
+        return loss_fn(functional_call(model, adapted, (xq,)), yq)
+
+    return vmap(one_task)(x_support, y_support, x_query, y_query).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference: one task at a time, with torch.autograd.grad.
+
+
+def adapt_reference(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    x_support: Tensor,
+    y_support: Tensor,
+    *,
+    loss_fn: LossFn,
+    inner_lr: LearningRate,
+    num_inner_steps: int = 1,
+    first_order: bool = False,
+) -> Params:
+    """The plain version of :func:`adapt`, with ``torch.autograd.grad(create_graph=...)``.
+
+    Same arguments and result as :func:`adapt`; kept as the oracle the vectorized code is
+    tested against, and as the version lesson 02 derives first.
+    """
+    check_model(model)
+    params = check_params(model, params)
+    _check_inner(params, inner_lr, num_inner_steps)
+    check_task(params, x_support, y_support)
+    return _adapt_reference(
+        model, params, x_support, y_support, loss_fn, inner_lr, num_inner_steps, first_order
+    )
+
+
+def _adapt_reference(
+    model, params, x_support, y_support, loss_fn, inner_lr, num_inner_steps, first_order
+) -> Params:
+    names = list(params)
+    params = {n: p if p.requires_grad else p.detach().requires_grad_() for n, p in params.items()}
+    with torch.enable_grad():
+        for _ in range(num_inner_steps):
+            loss = loss_fn(functional_call(model, params, (x_support,)), y_support)
+            grads = torch.autograd.grad(
+                loss, [params[n] for n in names], create_graph=not first_order, allow_unused=True
+            )
+            params = {
+                n: params[n] - _lr(inner_lr, n) * (g if g is not None else 0.0)
+                for n, g in zip(names, grads, strict=True)
+            }
+    return params
+
+
+def meta_loss_loop(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    tasks,
+    *,
+    loss_fn: LossFn,
+    inner_lr: LearningRate,
+    num_inner_steps: int = 1,
+    first_order: bool = False,
+) -> Tensor:
+    """The per-task loop version of :func:`meta_loss` (the reference implementation).
+
+    ``tasks`` may also hold sequences of per-task tensors of different sizes, which the
+    vectorized :func:`meta_loss` cannot take.
+    """
+    check_model(model)
+    params = check_params(model, params)
+    _check_inner(params, inner_lr, num_inner_steps)
+    x_support, y_support, x_query, y_query = check_tasks(params, tasks, allow_ragged=True)
+    losses = []
+    for xs, ys, xq, yq in zip(x_support, y_support, x_query, y_query, strict=True):
+        adapted = _adapt_reference(
+            model, params, xs, ys, loss_fn, inner_lr, num_inner_steps, first_order
+        )
+        losses.append(loss_fn(functional_call(model, adapted, (xq,)), yq))
+    return torch.stack(losses).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Internals (no validation: callers check their inputs once).
+
+
+def _adapt(
+    model: nn.Module,
+    params: Params,
+    x_support: Tensor,
+    y_support: Tensor,
+    loss_fn: LossFn,
+    inner_lr: LearningRate,
+    num_inner_steps: int,
+    first_order: bool,
+) -> Params:
+    def support_loss(p: Params) -> Tensor:
+        return loss_fn(functional_call(model, p, (x_support,)), y_support)
+
+    support_grad = grad(support_loss)
+    for _ in range(num_inner_steps):
+        # First order: take the gradient at a detached copy, so no second-order graph is built.
+        at = {n: p.detach() for n, p in params.items()} if first_order else params
+        grads = support_grad(at)
+        params = {n: p - _lr(inner_lr, n) * grads[n] for n, p in params.items()}
+    return params
+
+
+def _adapt_batch(
+    model: nn.Module,
+    params: Params,
+    x_support: Tensor,
+    y_support: Tensor,
+    loss_fn: LossFn,
+    inner_lr: LearningRate,
+    num_inner_steps: int,
+    first_order: bool,
+) -> Params:
+    def one_task(x: Tensor, y: Tensor) -> Params:
+        return _adapt(model, params, x, y, loss_fn, inner_lr, num_inner_steps, first_order)
+
+    return vmap(one_task)(x_support, y_support)
+
+
+def _lr(inner_lr: LearningRate, name: str):
+    return inner_lr[name] if isinstance(inner_lr, Mapping) else inner_lr
+
+
+def _check_inner(params: Params, inner_lr: LearningRate, num_inner_steps: int) -> None:
+    if not isinstance(num_inner_steps, int) or num_inner_steps < 0:
+        raise ValueError(f"num_inner_steps must be a non-negative int, got {num_inner_steps!r}")
+    if isinstance(inner_lr, Mapping):
+        missing = sorted(set(params) - set(inner_lr))
+        if missing:
+            raise KeyError(
+                f"inner_lr has no step size for {missing}: give one tensor per parameter name "
+                "(see mlcourse.metasgd.init_inner_lrs)"
+            )
+    elif not isinstance(inner_lr, (int, float, Tensor)):
+        raise TypeError(f"inner_lr must be a float or a dict of tensors, got {type(inner_lr)}")

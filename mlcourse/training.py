@@ -1,0 +1,215 @@
+"""The training loop every experiment shares: progress bar, checkpoints, resume, NaN guard.
+
+An experiment provides a *learner*: an object with ``step(step_index) -> loss tensor``,
+``state_dict()``, ``load_state_dict(state)`` and ``parameters()``. :func:`train` runs it for
+``config.steps`` steps or until a time budget runs out, saving a checkpoint every
+``checkpoint_every`` seconds, so an interrupted run (a Colab disconnect, Ctrl-C) loses at most
+that much and continues with ``resume=True`` exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the parameters became NaN or infinite during training."""
+
+
+def config_help(config_cls) -> dict[str, str]:
+    """The one-line description of every field of a config dataclass."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config_cls)}
+
+
+def make_config(config_cls, overrides: dict[str, Any]):
+    """Builds a config, rejecting unknown field names with the list of known ones."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; this experiment takes {sorted(known)}")
+    return config_cls(**overrides)
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    return Path(out) / CHECKPOINT
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Writes atomically: a crash mid-write never leaves a truncated checkpoint behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(out: str | Path, device: torch.device | str | None = None) -> dict:
+    """Loads ``DIR/checkpoint.pt``, with a clear error when it is missing or unreadable."""
+    path = checkpoint_path(out)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: train one first with `mlcourse train EXPERIMENT --out {out}`"
+        )
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # a truncated or foreign file
+        raise RuntimeError(
+            f"{path} is not a readable checkpoint ({err}). Delete it and train again."
+        ) from err
+
+
+def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def train(
+    experiment: str,
+    make_learner: Callable[[Any, torch.device], Any],
+    config,
+    out: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    max_seconds: float | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Runs (or resumes) a training run and leaves a checkpoint in ``out``.
+
+    Args:
+        experiment: the experiment's name, stored in the checkpoint.
+        make_learner: ``make_learner(config, device) -> learner``.
+        config: a config dataclass with at least ``steps``, ``checkpoint_every`` (seconds) and
+            ``log_every`` (steps).
+        out: the run's folder (``checkpoint.pt``, ``config.json``, ``log.jsonl``).
+        device: where to train (default: CUDA if available, else CPU).
+        max_seconds: stop (with a checkpoint) after this much training time in this call.
+        resume: continue from the checkpoint in ``out``; ``config.steps`` may be raised.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A summary dict: ``experiment, step, steps, seconds, loss, out``.
+
+    Raises:
+        TrainingDiverged: the loss or parameters became NaN or infinite; the last good
+            checkpoint is kept.
+    """
+    out = Path(out)
+    device = torch.device(device) if device is not None else default_device()
+    ckpt = checkpoint_path(out)
+    learner = make_learner(config, device)
+    step, seconds = 0, 0.0
+    if resume:
+        state = load_checkpoint(out, device)
+        if state["experiment"] != experiment:
+            raise ValueError(f"{ckpt} holds a '{state['experiment']}' run, not '{experiment}'")
+        learner.load_state_dict(state["learner"])
+        step, seconds = state["step"], state["seconds"]
+    elif ckpt.exists():
+        raise FileExistsError(
+            f"{out} already holds a checkpoint: pass --resume to continue it, "
+            "or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(
+        json.dumps({"experiment": experiment, **dataclasses.asdict(config)}, indent=2) + "\n"
+    )
+
+    t0 = time.perf_counter()
+    base_seconds = seconds
+
+    def save() -> None:
+        if not _all_finite(learner.parameters()):
+            raise TrainingDiverged(_diverged_message(step, ckpt))
+        save_checkpoint(
+            ckpt,
+            {
+                "experiment": experiment,
+                "config": dataclasses.asdict(config),
+                "step": step,
+                "seconds": base_seconds + time.perf_counter() - t0,
+                "learner": learner.state_dict(),
+            },
+        )
+
+    last_save = t0
+    loss_sum, loss_count, last_loss = torch.zeros((), device=device), 0, math.nan
+    bar = tqdm(
+        total=config.steps,
+        initial=step,
+        desc=experiment,
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
+    try:
+        with open(out / "log.jsonl", "a") as log:
+            while step < config.steps:
+                if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+                    break
+                loss = learner.step(step)
+                loss_sum += loss.detach()
+                loss_count += 1
+                step += 1
+                bar.update(1)
+                if step % config.log_every == 0 or step == config.steps:
+                    last_loss = loss_sum.item() / loss_count
+                    if not math.isfinite(last_loss):
+                        raise TrainingDiverged(_diverged_message(step, ckpt))
+                    elapsed = base_seconds + time.perf_counter() - t0
+                    log.write(
+                        json.dumps({"step": step, "loss": last_loss, "seconds": round(elapsed, 3)})
+                        + "\n"
+                    )
+                    bar.set_postfix(loss=f"{last_loss:.4g}")
+                    loss_sum.zero_()
+                    loss_count = 0
+                if time.perf_counter() - last_save >= config.checkpoint_every:
+                    save()
+                    last_save = time.perf_counter()
+        save()
+    except KeyboardInterrupt:
+        save()
+        raise
+    finally:
+        bar.close()
+    seconds = base_seconds + time.perf_counter() - t0
+    return {
+        "experiment": experiment,
+        "step": step,
+        "steps": config.steps,
+        "seconds": round(seconds, 2),
+        "loss": last_loss,
+        "out": str(out),
+    }
+
+
+def _diverged_message(step: int, ckpt: Path) -> str:
+    kept = (
+        f"the last good checkpoint is kept in {ckpt}"
+        if ckpt.exists()
+        else "no checkpoint was written"
+    )
+    return (
+        f"training diverged at step {step}: the loss or the parameters became NaN or infinite "
+        f"({kept}). Lower the learning rates (--meta-lr, --inner-lr) and train again."
+    )
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
