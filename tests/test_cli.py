@@ -1,0 +1,94 @@
+"""The command line: --json prints exactly one JSON object; errors say what to do."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mlcourse.cli import main
+
+SMALL = ["--meta-batch-size", "4", "--k-support", "5", "--hidden", "8,8", "--no-progress"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_json(out: str) -> dict:
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, out
+    return json.loads(lines[0])
+
+
+def test_doctor_json_in_a_fresh_process():
+    proc = subprocess.run([sys.executable, "-m", "mlcourse", "doctor", "--json"],
+                          capture_output=True, text=True, check=True)
+    rep = one_json(proc.stdout)
+    assert rep["device"]["type"] in {"cpu", "cuda", "mps"}
+    assert rep["packages"]["torch"] and rep["python"]
+    assert isinstance(rep["widgets"]["will_render"], bool)
+    assert isinstance(rep["warnings"], list)
+
+
+def test_doctor_text(capsys):
+    code, out, _ = run(capsys, "doctor")
+    assert code == 0 and "device" in out and "torch" in out
+
+
+def test_train_then_eval(tmp_path, capsys):
+    out_dir = str(tmp_path / "run")
+    code, out, _ = run(capsys, "train", "maml-sine", "--out", out_dir, "--steps", "6",
+                       "--device", "cpu", "--json", *SMALL)
+    assert code == 0
+    summary = one_json(out)
+    assert summary["step"] == 6 and summary["experiment"] == "maml-sine"
+    code, out, _ = run(capsys, "eval", "maml-sine", "--checkpoint", out_dir, "--shots", "5",
+                       "--inner-steps", "2", "--num-tasks", "30", "--json")
+    assert code == 0
+    result = one_json(out)
+    assert result["trained_steps"] == 6 and len(result["mse_by_step"]) == 3
+    assert set(result) >= {"mse", "ci95", "shots", "inner_steps", "num_tasks"}
+    # resume to a larger step count
+    code, out, _ = run(capsys, "train", "maml-sine", "--out", out_dir, "--steps", "9",
+                       "--resume", "--json", "--no-progress")
+    assert code == 0 and one_json(out)["step"] == 9
+
+
+def test_eval_is_deterministic(tmp_path, capsys):
+    out_dir = str(tmp_path / "run")
+    run(capsys, "train", "metasgd-sine", "--out", out_dir, "--steps", "3", "--json", *SMALL)
+    args = ("eval", "metasgd-sine", "--checkpoint", out_dir, "--num-tasks", "20", "--json")
+    first = one_json(run(capsys, *args)[1])
+    second = one_json(run(capsys, *args)[1])
+    assert first["mse"] == second["mse"] and first["inner_lr"] == "learned"
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
+    code, out, err = run(capsys, "eval", "maml-sine", "--checkpoint", str(tmp_path), "--json")
+    assert code == 1 and out == ""
+    assert "no checkpoint" in err and "mlcourse train" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["train", "no-such-experiment", "--out", str(tmp_path)])
+    assert "invalid choice" in capsys.readouterr().err
+    code, _, err = run(capsys, "frobnicate")
+    assert code == 2 and "unknown command" in err
+
+
+def test_train_help_lists_the_experiment_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "maml-sine", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--meta-lr" in out and "--inner-lr" in out and "--max-seconds" in out
+
+
+def test_bench_json(capsys):
+    code, out, _ = run(capsys, "bench", "maml-sine", "--iters", "2", "--rounds", "2", "--json")
+    assert code == 0
+    result = one_json(out)
+    assert result["benchmark"] == "maml-sine" and result["meta_batch_size"] == 25
+    assert result["vectorized_it_per_s"] > 0 and result["loop_it_per_s"] > 0
+    assert result["speedup"] > 0 and len(result["speedup_by_round"]) == 2
