@@ -66,7 +66,6 @@ EXPERIMENTS: dict[str, dict] = {
     "metasgd-sine": {"algorithm": "metasgd"},
     "reptile-sine": {
         "algorithm": "reptile",
-        "inner_lr": 0.02,
         "num_inner_steps": 5,
         "meta_lr": 1.0,
         "steps": 30_000,

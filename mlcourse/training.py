@@ -171,6 +171,7 @@ def train(
                         json.dumps({"step": step, "loss": last_loss, "seconds": round(elapsed, 3)})
                         + "\n"
                     )
+                    log.flush()
                     bar.set_postfix(loss=f"{last_loss:.4g}")
                     loss_sum.zero_()
                     loss_count = 0

@@ -24,8 +24,12 @@ def one_json(out: str) -> dict:
 
 
 def test_doctor_json_in_a_fresh_process():
-    proc = subprocess.run([sys.executable, "-m", "mlcourse", "doctor", "--json"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlcourse", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rep = one_json(proc.stdout)
     assert rep["device"]["type"] in {"cpu", "cuda", "mps"}
     assert rep["packages"]["torch"] and rep["python"]
@@ -40,20 +44,53 @@ def test_doctor_text(capsys):
 
 def test_train_then_eval(tmp_path, capsys):
     out_dir = str(tmp_path / "run")
-    code, out, _ = run(capsys, "train", "maml-sine", "--out", out_dir, "--steps", "6",
-                       "--device", "cpu", "--json", *SMALL)
+    code, out, _ = run(
+        capsys,
+        "train",
+        "maml-sine",
+        "--out",
+        out_dir,
+        "--steps",
+        "6",
+        "--device",
+        "cpu",
+        "--json",
+        *SMALL,
+    )
     assert code == 0
     summary = one_json(out)
     assert summary["step"] == 6 and summary["experiment"] == "maml-sine"
-    code, out, _ = run(capsys, "eval", "maml-sine", "--checkpoint", out_dir, "--shots", "5",
-                       "--inner-steps", "2", "--num-tasks", "30", "--json")
+    code, out, _ = run(
+        capsys,
+        "eval",
+        "maml-sine",
+        "--checkpoint",
+        out_dir,
+        "--shots",
+        "5",
+        "--inner-steps",
+        "2",
+        "--num-tasks",
+        "30",
+        "--json",
+    )
     assert code == 0
     result = one_json(out)
     assert result["trained_steps"] == 6 and len(result["mse_by_step"]) == 3
     assert set(result) >= {"mse", "ci95", "shots", "inner_steps", "num_tasks"}
     # resume to a larger step count
-    code, out, _ = run(capsys, "train", "maml-sine", "--out", out_dir, "--steps", "9",
-                       "--resume", "--json", "--no-progress")
+    code, out, _ = run(
+        capsys,
+        "train",
+        "maml-sine",
+        "--out",
+        out_dir,
+        "--steps",
+        "9",
+        "--resume",
+        "--json",
+        "--no-progress",
+    )
     assert code == 0 and one_json(out)["step"] == 9
 
 

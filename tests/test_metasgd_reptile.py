@@ -26,6 +26,7 @@ def test_metasgd_step_sizes_receive_the_meta_gradient(model64, tasks64):
     assert all(t.abs().sum() > 0 for t in g)
     # d loss / d lr = -<∇ query loss at φ, ∇ support loss at θ>: check it by finite differences
     name, eps = "2.weight", 1e-6
+
     def bumped(sign):
         lr = {n: (t + sign * eps if n == name else t) for n, t in lrs.items()}
         with torch.no_grad():
@@ -38,19 +39,26 @@ def test_metasgd_step_sizes_receive_the_meta_gradient(model64, tasks64):
 def test_reptile_batched_equals_per_task_loop(model64, tasks64):
     p = params_of(model64)
     kw = dict(loss_fn=F.mse_loss, inner_lr=0.02, num_inner_steps=4, outer_lr=0.3)
-    assert max_diff(reptile_step(model64, p, tasks64, **kw),
-                    reptile_step_loop(model64, p, tasks64, **kw)) < 1e-12
+    assert (
+        max_diff(
+            reptile_step(model64, p, tasks64, **kw), reptile_step_loop(model64, p, tasks64, **kw)
+        )
+        < 1e-12
+    )
 
 
 def test_reptile_with_one_inner_step_follows_joint_training(model64, tasks64):
     """With k = 1, φ - θ = -α ∇L_τ(θ): Reptile steps along the joint-training gradient."""
     p = params_of(model64)
-    new = reptile_step(model64, p, tasks64, loss_fn=F.mse_loss, inner_lr=0.02,
-                       num_inner_steps=1, outer_lr=0.5)
-    joint = torch.stack([
-        F.mse_loss(model64(tasks64.x_support[i]), tasks64.y_support[i])
-        for i in range(tasks64.num_tasks)
-    ]).mean()
+    new = reptile_step(
+        model64, p, tasks64, loss_fn=F.mse_loss, inner_lr=0.02, num_inner_steps=1, outer_lr=0.5
+    )
+    joint = torch.stack(
+        [
+            F.mse_loss(model64(tasks64.x_support[i]), tasks64.y_support[i])
+            for i in range(tasks64.num_tasks)
+        ]
+    ).mean()
     g = dict(zip(p, torch.autograd.grad(joint, list(p.values())), strict=True))
     expected = {n: p[n].detach() - 0.5 * 0.02 * g[n] for n in p}
     assert max_diff(new, expected) < 1e-12
@@ -60,8 +68,12 @@ def test_reptile_serial_processes_tasks_in_turn(model64, tasks64):
     p = params_of(model64)
     kw = dict(loss_fn=F.mse_loss, inner_lr=0.02, num_inner_steps=3, outer_lr=0.4)
     one = tasks64[0]
-    assert max_diff(reptile_step(model64, p, one, serial=True, **kw),
-                    reptile_step(model64, p, one, **kw)) < 1e-12
+    assert (
+        max_diff(
+            reptile_step(model64, p, one, serial=True, **kw), reptile_step(model64, p, one, **kw)
+        )
+        < 1e-12
+    )
     two = reptile_step(model64, p, tasks64[0:2], serial=True, **kw)
     by_hand = reptile_step(model64, reptile_step(model64, p, tasks64[0], **kw), tasks64[1], **kw)
     assert max_diff(two, by_hand) < 1e-12

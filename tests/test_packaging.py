@@ -24,7 +24,9 @@ def pyproject():
 
 def test_conda_environment_names_the_same_packages_as_pip():
     project = pyproject()["project"]
-    pip_names = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    pip_names = {
+        _name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]
+    }
     conda, section = [], None
     for line in (ROOT / "environment.yml").read_text().splitlines():
         if re.match(r"^\w", line):
@@ -41,7 +43,7 @@ def test_versions_agree_between_conda_and_pip():
     pip_reqs = {_name(r): r.replace(" ", "") for r in project["dependencies"]}
     text = (ROOT / "environment.yml").read_text()
     for name, req in pip_reqs.items():
-        spec = req[len(name):]
+        spec = req[len(name) :]
         conda_name = {v: k for k, v in CONDA_NAMES.items()}.get(name, name)
         assert f"{conda_name}{spec}" in text, (name, spec)
 

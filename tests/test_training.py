@@ -17,12 +17,15 @@ def _state(out):
 
 def test_resume_continues_exactly(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    experiments.run_training("maml-sine", straight, overrides={**SMALL, "steps": 30},
-                             device="cpu", progress=False)
-    experiments.run_training("maml-sine", split, overrides={**SMALL, "steps": 12},
-                             device="cpu", progress=False)
-    summary = experiments.run_training("maml-sine", split, overrides={"steps": 30},
-                                       device="cpu", resume=True, progress=False)
+    experiments.run_training(
+        "maml-sine", straight, overrides={**SMALL, "steps": 30}, device="cpu", progress=False
+    )
+    experiments.run_training(
+        "maml-sine", split, overrides={**SMALL, "steps": 12}, device="cpu", progress=False
+    )
+    summary = experiments.run_training(
+        "maml-sine", split, overrides={"steps": 30}, device="cpu", resume=True, progress=False
+    )
     assert summary["step"] == 30
     a, b = _state(straight), _state(split)
     for name, tensor in a["learner"]["model"].items():
@@ -32,8 +35,9 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_time_budget_stops_with_a_checkpoint(tmp_path):
-    summary = experiments.run_training("fomaml-sine", tmp_path, overrides={**SMALL},
-                                       device="cpu", max_seconds=1.0, progress=False)
+    summary = experiments.run_training(
+        "fomaml-sine", tmp_path, overrides={**SMALL}, device="cpu", max_seconds=1.0, progress=False
+    )
     assert 0 < summary["step"] < summary["steps"]
     assert _state(tmp_path)["step"] == summary["step"]
 
@@ -43,20 +47,30 @@ def test_periodic_checkpoints(tmp_path, monkeypatch):
     import mlcourse.training as training
 
     real = training.save_checkpoint
-    monkeypatch.setattr(training, "save_checkpoint",
-                        lambda path, payload: (saved.append(payload["step"]), real(path, payload)))
-    experiments.run_training("maml-sine", tmp_path,
-                             overrides={**SMALL, "steps": 20, "checkpoint_every": 0.0},
-                             device="cpu", progress=False)
+    monkeypatch.setattr(
+        training,
+        "save_checkpoint",
+        lambda path, payload: (saved.append(payload["step"]), real(path, payload)),
+    )
+    experiments.run_training(
+        "maml-sine",
+        tmp_path,
+        overrides={**SMALL, "steps": 20, "checkpoint_every": 0.0},
+        device="cpu",
+        progress=False,
+    )
     assert saved[:3] == [1, 2, 3] and saved[-1] == 20
 
 
 def test_nan_is_caught_and_the_good_checkpoint_kept(tmp_path):
     # a huge meta step size sends the weights to 1e30, then the loss overflows to inf/NaN
     overrides = {**SMALL, "steps": 50, "meta_lr": 1e30, "checkpoint_every": 0.0}
-    with pytest.raises(TrainingDiverged, match=r"diverged at step \d+.*last good checkpoint.*--meta-lr"):
-        experiments.run_training("maml-sine", tmp_path, overrides=overrides, device="cpu",
-                                 progress=False)
+    with pytest.raises(
+        TrainingDiverged, match=r"diverged at step \d+.*last good checkpoint.*--meta-lr"
+    ):
+        experiments.run_training(
+            "maml-sine", tmp_path, overrides=overrides, device="cpu", progress=False
+        )
     state = _state(tmp_path)
     assert state["step"] >= 1
     assert all(torch.isfinite(t).all() for t in state["learner"]["model"].values())
@@ -64,27 +78,41 @@ def test_nan_is_caught_and_the_good_checkpoint_kept(tmp_path):
 
 def test_nan_before_any_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="no checkpoint was written"):
-        experiments.run_training("maml-sine", tmp_path,
-                                 overrides={**SMALL, "steps": 50, "inner_lr": 1e6},
-                                 device="cpu", progress=False)
+        experiments.run_training(
+            "maml-sine",
+            tmp_path,
+            overrides={**SMALL, "steps": 50, "inner_lr": 1e6},
+            device="cpu",
+            progress=False,
+        )
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path):
-    experiments.run_training("maml-sine", tmp_path, overrides={**SMALL, "steps": 2},
-                             device="cpu", progress=False)
+    experiments.run_training(
+        "maml-sine", tmp_path, overrides={**SMALL, "steps": 2}, device="cpu", progress=False
+    )
     with pytest.raises(FileExistsError, match="--resume"):
-        experiments.run_training("maml-sine", tmp_path, overrides=SMALL, device="cpu",
-                                 progress=False)
+        experiments.run_training(
+            "maml-sine", tmp_path, overrides=SMALL, device="cpu", progress=False
+        )
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        experiments.run_training("maml-sine", tmp_path / "none", device="cpu", resume=True,
-                                 progress=False)
+        experiments.run_training(
+            "maml-sine", tmp_path / "none", device="cpu", resume=True, progress=False
+        )
     with pytest.raises(ValueError, match="cannot change"):
-        experiments.run_training("maml-sine", tmp_path, overrides={"inner_lr": 0.5},
-                                 device="cpu", resume=True, progress=False)
+        experiments.run_training(
+            "maml-sine",
+            tmp_path,
+            overrides={"inner_lr": 0.5},
+            device="cpu",
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="holds a 'maml-sine' run"):
-        experiments.run_training("reptile-sine", tmp_path, device="cpu", resume=True,
-                                 progress=False)
+        experiments.run_training(
+            "reptile-sine", tmp_path, device="cpu", resume=True, progress=False
+        )
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
@@ -100,13 +128,17 @@ def test_unknown_option(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(experiments.EXPERIMENTS))
 def test_every_experiment_trains_and_evaluates(tmp_path, name):
-    summary = experiments.run_training(name, tmp_path, overrides={**SMALL, "steps": 10},
-                                       device="cpu", progress=False)
+    summary = experiments.run_training(
+        name, tmp_path, overrides={**SMALL, "steps": 10}, device="cpu", progress=False
+    )
     assert summary["step"] == 10
-    parser_opts = type("Opts", (), {"shots": 5, "inner_steps": 2, "num_tasks": 20,
-                                    "inner_lr": None, "seed": 1})
+    parser_opts = type(
+        "Opts", (), {"shots": 5, "inner_steps": 2, "num_tasks": 20, "inner_lr": None, "seed": 1}
+    )
     result = experiments.run_evaluation(name, tmp_path, parser_opts, device="cpu")
-    assert len(result["mse_by_step"]) == 3 and result["mse"] == pytest.approx(result["mse_by_step"][-1], abs=1e-6)
+    assert len(result["mse_by_step"]) == 3 and result["mse"] == pytest.approx(
+        result["mse_by_step"][-1], abs=1e-6
+    )
     assert result["mse"] > 0
 
 
@@ -115,14 +147,17 @@ def test_maml_learns_to_adapt(tmp_path):
     """A short run already beats the untrained network after one step on held-out tasks."""
     from mlcourse import sine
 
-    experiments.run_training("maml-sine", tmp_path, overrides={"steps": 1500}, device="cpu",
-                             progress=False)
+    experiments.run_training(
+        "maml-sine", tmp_path, overrides={"steps": 1500}, device="cpu", progress=False
+    )
     learner, _ = experiments.load_learner("maml-sine", tmp_path, "cpu")
-    trained = sine.evaluate(learner.model, learner.params, 0.01, shots=10, inner_steps=1,
-                            num_tasks=500)
+    trained = sine.evaluate(
+        learner.model, learner.params, 0.01, shots=10, inner_steps=1, num_tasks=500
+    )
     fresh = sine.SineLearner(sine.SineConfig(), "cpu")
-    untrained = sine.evaluate(fresh.model, fresh.params, 0.01, shots=10, inner_steps=1,
-                              num_tasks=500)
+    untrained = sine.evaluate(
+        fresh.model, fresh.params, 0.01, shots=10, inner_steps=1, num_tasks=500
+    )
     assert trained["mse"] < 2.0 < untrained["mse"]
     # adapting helps the meta-learned initialisation
     assert trained["mse_by_step"][1] < trained["mse_by_step"][0]

@@ -24,8 +24,12 @@ def tasks():
 
 
 def replace(tasks, **fields):
-    kw = dict(x_support=tasks.x_support, y_support=tasks.y_support,
-              x_query=tasks.x_query, y_query=tasks.y_query)
+    kw = dict(
+        x_support=tasks.x_support,
+        y_support=tasks.y_support,
+        x_query=tasks.x_query,
+        y_query=tasks.y_query,
+    )
     kw.update(fields)
     return TaskBatch(**kw)
 
@@ -39,8 +43,9 @@ def test_batchnorm_with_running_stats_is_refused_with_a_fix(tasks):
 
 
 def test_batchnorm_without_running_stats_works(tasks):
-    model = nn.Sequential(nn.Linear(1, 8), nn.BatchNorm1d(8, track_running_stats=False),
-                          nn.ReLU(), nn.Linear(8, 1))
+    model = nn.Sequential(
+        nn.Linear(1, 8), nn.BatchNorm1d(8, track_running_stats=False), nn.ReLU(), nn.Linear(8, 1)
+    )
     meta_loss(model, params_of(model), tasks, **KW).backward()
     assert model[0].weight.grad is not None
 
@@ -72,14 +77,18 @@ def test_missing_task_dimension(model, tasks):
 def test_tasks_of_different_sizes_need_the_loop(model):
     gen = torch.Generator().manual_seed(0)
     a, b = Sinusoid().sample(1, 5, 6, generator=gen), Sinusoid().sample(1, 3, 4, generator=gen)
-    ragged = TaskBatch(x_support=[a.x_support[0], b.x_support[0]],
-                       y_support=[a.y_support[0], b.y_support[0]],
-                       x_query=[a.x_query[0], b.x_query[0]], y_query=[a.y_query[0], b.y_query[0]])
+    ragged = TaskBatch(
+        x_support=[a.x_support[0], b.x_support[0]],
+        y_support=[a.y_support[0], b.y_support[0]],
+        x_query=[a.x_query[0], b.x_query[0]],
+        y_query=[a.y_query[0], b.y_query[0]],
+    )
     with pytest.raises(ValueError, match="same size.*meta_loss_loop"):
         meta_loss(model, params_of(model), ragged, **KW)
     loss = meta_loss_loop(model, params_of(model), ragged, **KW)
-    expected = (meta_loss(model, params_of(model), a, **KW)
-                + meta_loss(model, params_of(model), b, **KW)) / 2
+    expected = (
+        meta_loss(model, params_of(model), a, **KW) + meta_loss(model, params_of(model), b, **KW)
+    ) / 2
     torch.testing.assert_close(loss, expected)
 
 
@@ -87,8 +96,7 @@ def test_wrong_dtype(model, tasks):
     with pytest.raises(TypeError, match=r"x_support is torch.float64 .*torch.float32"):
         meta_loss(model, params_of(model), tasks.to(torch.float64), **KW)
     with pytest.raises(TypeError, match="floating point"):
-        adapt(model, params_of(model), torch.zeros(5, 1, dtype=torch.long), torch.zeros(5, 1),
-              **KW)
+        adapt(model, params_of(model), torch.zeros(5, 1, dtype=torch.long), torch.zeros(5, 1), **KW)
 
 
 def test_wrong_device(model, tasks):
@@ -114,7 +122,8 @@ def test_params_not_matching_the_model(model, tasks):
 
 def test_bad_inner_loop_arguments(model, tasks):
     with pytest.raises(ValueError, match="num_inner_steps"):
-        meta_loss(model, params_of(model), tasks, loss_fn=F.mse_loss, inner_lr=0.1,
-                  num_inner_steps=-1)
+        meta_loss(
+            model, params_of(model), tasks, loss_fn=F.mse_loss, inner_lr=0.1, num_inner_steps=-1
+        )
     with pytest.raises(KeyError, match="no step size"):
         meta_loss(model, params_of(model), tasks, loss_fn=F.mse_loss, inner_lr={})
