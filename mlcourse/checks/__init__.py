@@ -1,0 +1,7 @@
+"""Autograded exercise checks. In a notebook: ``from mlcourse import checks as check`` and then
+``check.NAME(your_function)``. Each lesson's checks live in ``lessonNN.py``; each check has a
+catalogue of known-wrong answers in ``tests/test_checks.py`` proving that it rejects them."""
+
+from mlcourse.checks._core import REGISTRY, RESULTS, CheckResult, Fail, check, expect_tensor
+
+__all__ = ["REGISTRY", "RESULTS", "CheckResult", "Fail", "check", "expect_tensor"]

@@ -1,0 +1,132 @@
+"""The machinery every exercise check uses.
+
+A check is a function decorated with :func:`check`. It receives the learner's function, raises
+:class:`Fail` with a specific message and hint when something is wrong, and returns a sentence
+saying what it verified. The decorator turns that into a :class:`CheckResult` shown as ✅ or ❌,
+records it for the grader, and never lets the learner's exception crash the kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+RESULTS_ENV = "MLCOURSE_RESULTS"  # the grader points this at a JSON-lines file
+REGISTRY: dict[str, dict] = {}  # check name -> {"lesson": ..., "points": ...}
+RESULTS: list[CheckResult] = []  # this kernel's results, in order
+
+
+class Fail(AssertionError):
+    """Raised by a check body: what is wrong, and a hint towards the fix."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check, as the learner sees it and the grader records it."""
+
+    check: str
+    lesson: str
+    passed: bool
+    message: str
+    hint: str | None
+    points: float
+    max_points: float
+
+    def __str__(self) -> str:
+        mark = "✅" if self.passed else "❌"
+        text = f"{mark} {self.check}: {self.message}"
+        return text + (f"\n   hint: {self.hint}" if self.hint else "")
+
+    def _repr_html_(self) -> str:
+        color = "#1a7f37" if self.passed else "#cf222e"
+        mark = "✅" if self.passed else "❌"
+        hint = f"<br><i>hint: {_escape(self.hint)}</i>" if self.hint else ""
+        return (
+            f'<div style="border-left:4px solid {color};padding:4px 8px">'
+            f"{mark} <b>{_escape(self.check)}</b>: {_escape(self.message)}{hint}</div>"
+        )
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def record(result: CheckResult) -> None:
+    """Keeps the result in this kernel and, under the grader, appends it to its results file."""
+    RESULTS.append(result)
+    path = os.environ.get(RESULTS_ENV)
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(asdict(result)) + "\n")
+
+
+def check(lesson: str, points: float = 1.0) -> Callable:
+    """Declares an exercise check belonging to ``lesson`` (e.g. ``"02_maml"``) worth ``points``."""
+
+    def decorate(body: Callable[..., str]) -> Callable[..., CheckResult]:
+        name = body.__name__
+        REGISTRY[name] = {"lesson": lesson, "points": points}
+
+        @functools.wraps(body)
+        def run(*args, **kwargs) -> CheckResult:
+            hint = None
+            try:
+                message = body(*args, **kwargs)
+                passed = True
+            except NotImplementedError:
+                passed, message = False, "not implemented yet"
+                hint = "replace `raise NotImplementedError()` with your code, then run this again"
+            except Fail as fail:
+                passed, message, hint = False, fail.message, fail.hint
+            except Exception as err:  # the learner's code raised: report, do not crash
+                passed = False
+                message = f"your code raised {type(err).__name__}: {err}"
+                hint = "the last lines of the traceback: " + _where(err)
+            result = CheckResult(
+                name, lesson, passed, message, hint, points if passed else 0.0, points
+            )
+            record(result)
+            return result
+
+        return run
+
+    return decorate
+
+
+def _where(err: Exception) -> str:
+    frames = traceback.extract_tb(err.__traceback__)[-2:]
+    return " <- ".join(f"{f.name} line {f.lineno}" for f in reversed(frames))
+
+
+def expect_tensor(
+    actual, expected: torch.Tensor, what: str, *, atol: float = 1e-6, rtol: float = 1e-5
+) -> None:
+    """Compares a learner's tensor with the reference: type, shape and dtype exactly (no
+    broadcasting), then values, reporting the largest difference."""
+    if not isinstance(actual, torch.Tensor):
+        raise Fail(f"{what} should be a tensor, got {type(actual).__name__}")
+    if actual.shape != expected.shape:
+        raise Fail(
+            f"{what} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}",
+            "check which dimension you reduced or indexed over",
+        )
+    if actual.dtype != expected.dtype:
+        raise Fail(f"{what} has dtype {actual.dtype}, expected {expected.dtype}")
+    diff = (actual.detach() - expected.detach()).abs()
+    worst = diff.max().item() if diff.numel() else 0.0
+    if not torch.allclose(actual.detach(), expected.detach(), atol=atol, rtol=rtol):
+        raise Fail(f"{what} differs from the reference by up to {worst:.3g}")
