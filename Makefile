@@ -7,7 +7,9 @@ STAMP  := $(VENV)/.installed
 PIP_FLAGS ?= --quiet --disable-pip-version-check --progress-bar off
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test install lint format bench clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: lab test install lint format bench clean browser
 
 install: $(STAMP)
 
@@ -20,9 +22,21 @@ $(STAMP): pyproject.toml constraints.txt
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(ROOT_FLAG) --notebook-dir=notebooks
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# The browser test drives Debian's Chromium (Playwright's own browser download is not used).
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "The browser test needs Chromium at $(CHROMIUM): run 'sudo apt-get install -y chromium'" \
+		     "(Debian/Ubuntu) and then 'make test' again."; exit 1; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

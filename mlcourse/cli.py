@@ -1,4 +1,4 @@
-"""The ``mlcourse`` command line: doctor, train, eval, bench.
+"""The ``mlcourse`` command line: doctor, train, eval, bench, grade, release.
 
 Every command that reports numbers takes ``--json`` and then prints exactly one JSON object on
 standard output (progress bars and messages go to standard error).
@@ -16,6 +16,8 @@ COMMANDS = {
     "train": "train an experiment, with checkpoints and --resume",
     "eval": "evaluate a trained checkpoint",
     "bench": "side-by-side speed ratios measured in one run",
+    "grade": "execute submitted notebooks and write a gradebook",
+    "release": "write exercises/ from solutions/ and stamp every notebook's setup cells",
 }
 
 
@@ -146,7 +148,66 @@ def cmd_doctor(rest: list[str]) -> int:
     return 0
 
 
-HANDLERS = {"doctor": cmd_doctor, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}
+def cmd_release(rest: list[str]) -> int:
+    from mlcourse import release
+
+    parser = argparse.ArgumentParser(prog="mlcourse release", description=COMMANDS["release"])
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; fail when a file is out of date"
+    )
+    parser.add_argument("--root", default=".", help="the course repository (default: .)")
+    args = parser.parse_args(rest)
+    changed, orphans = release.release(args.root, check=args.check)
+    for path in orphans:
+        print(f"{path}: no solutions/{path.name} behind it; delete it", file=sys.stderr)
+    if args.check:
+        for path in changed:
+            print(f"{path} is out of date", file=sys.stderr)
+        if changed:
+            print("run `mlcourse release` and commit the result", file=sys.stderr)
+        return 1 if changed or orphans else 0
+    for path in changed:
+        print(f"wrote {path}")
+    print(f"release: {len(changed)} notebook(s) written" if changed else "release: up to date")
+    return 1 if orphans else 0
+
+
+def cmd_grade(rest: list[str]) -> int:
+    from mlcourse import grading
+
+    parser = argparse.ArgumentParser(prog="mlcourse grade", description=COMMANDS["grade"])
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="submitted notebooks, or folders of them"
+    )
+    parser.add_argument("--csv", default=None, help="write the gradebook to this CSV file")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=grading.DEFAULT_TIMEOUT,
+        help=f"seconds per notebook (default: {grading.DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="submissions graded at once (default: 1)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(rest)
+    paths = grading.find_notebooks(args.paths)
+    rows = grading.grade_all(paths, timeout=args.timeout, jobs=args.jobs, log=sys.stderr)
+    if args.csv:
+        grading.write_csv(rows, args.csv)
+    result = {"csv": args.csv, "submissions": rows}
+    _emit(result, args.json, grading.format_table(rows))
+    return 0
+
+
+HANDLERS = {
+    "doctor": cmd_doctor,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "bench": cmd_bench,
+    "grade": cmd_grade,
+    "release": cmd_release,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

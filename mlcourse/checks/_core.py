@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 RESULTS_ENV = "MLCOURSE_RESULTS"  # the grader points this at a JSON-lines file
+NBGRADER_ENV = "NBGRADER_EXECUTION"  # set by nbgrader to "autograde" or "validate"
 REGISTRY: dict[str, dict] = {}  # check name -> {"lesson": ..., "points": ...}
 RESULTS: list[CheckResult] = []  # this kernel's results, in order
 
@@ -66,7 +67,11 @@ def _escape(text: str) -> str:
 
 
 def record(result: CheckResult) -> None:
-    """Keeps the result in this kernel and, under the grader, appends it to its results file."""
+    """Keeps the result in this kernel and, under the grader, appends it to its results file.
+
+    ``mlcourse grade`` sets ``MLCOURSE_RESULTS`` to a fresh file; each line is one result as
+    JSON (the fields of :class:`CheckResult`).
+    """
     RESULTS.append(result)
     path = os.environ.get(RESULTS_ENV)
     if path:
@@ -75,7 +80,13 @@ def record(result: CheckResult) -> None:
 
 
 def check(lesson: str, points: float = 1.0) -> Callable:
-    """Declares an exercise check belonging to ``lesson`` (e.g. ``"02_maml"``) worth ``points``."""
+    """Declares an exercise check belonging to ``lesson`` (e.g. ``"02_maml"``) worth ``points``.
+
+    The decorated body raises :class:`Fail` or returns what it verified. Calling the check
+    never raises (except under nbgrader's autograder, where a failed check raises
+    ``AssertionError`` so that nbgrader gives the cell no points): the learner's exceptions
+    become a ❌ result, and ``NotImplementedError`` becomes "not implemented yet".
+    """
 
     def decorate(body: Callable[..., str]) -> Callable[..., CheckResult]:
         name = body.__name__
@@ -100,6 +111,8 @@ def check(lesson: str, points: float = 1.0) -> Callable:
                 name, lesson, passed, message, hint, points if passed else 0.0, points
             )
             record(result)
+            if not passed and os.environ.get(NBGRADER_ENV) in ("autograde", "validate"):
+                raise AssertionError(str(result))  # nbgrader scores a grade cell by its error
             return result
 
         return run

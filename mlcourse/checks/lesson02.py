@@ -1,0 +1,524 @@
+"""Checks of lesson 02 (MAML): the inner update, the second-order meta-loss, and the two halves
+of the naive blog-post MAML fixed (the meta-training step and the meta-test path).
+
+Every check builds a small random float64 network and random sinusoid tasks, runs the learner's
+function, and compares it with :mod:`mlcourse.maml` (never with ``solutions/``). Before the
+generic comparison it tries the known wrong answers (first order, detached gradient, wrong sign,
+no support/query split, ...) so that the ❌ names the mistake. Exercises in
+``solutions/02_maml.ipynb``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mlcourse.checks._core import Fail, check, expect_tensor
+from mlcourse.maml import adapt_reference, meta_loss_loop, params_of
+from mlcourse.models import MLP
+from mlcourse.tasks import Sinusoid, TaskBatch
+
+__all__ = ["fixed_maml_step", "fixed_meta_test", "inner_update", "maml_meta_loss"]
+
+LESSON = "02_maml"
+DTYPE = torch.float64
+ATOL, RTOL = 1e-8, 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# Random problems
+
+
+def _mlp(seed: int, hidden=(8, 8)) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MLP(hidden_sizes=hidden).to(DTYPE)
+
+
+class _Standardize(nn.Module):
+    """Scales the input with fixed statistics kept as buffers (so ``state_dict`` holds more
+    than the parameters, and in a different order)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.5], dtype=DTYPE))
+        self.register_buffer("std", torch.tensor([2.0], dtype=DTYPE))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def _buffered_mlp(seed: int) -> nn.Module:
+    return nn.Sequential(_Standardize(), _mlp(seed))
+
+
+def _tasks(seed: int, num_tasks: int = 4, k_support: int = 5, k_query: int = 7) -> TaskBatch:
+    gen = torch.Generator().manual_seed(seed)
+    return Sinusoid().sample(num_tasks, k_support, k_query, generator=gen, dtype=DTYPE)
+
+
+def _snapshot(model: nn.Module) -> dict[str, Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _expect_model_unchanged(model: nn.Module, before: Mapping[str, Tensor], who: str) -> None:
+    for name, p in model.named_parameters():
+        if not torch.equal(p.detach(), before[name]):
+            raise Fail(
+                f"in-place update changed the model's parameters ('{name}' moved while {who} ran)",
+                "build new tensors (`p - inner_lr * g`) in a new dict instead of `p -= ...`, "
+                "`p.data` or `.copy_()`: the model must keep θ for the next task",
+            )
+
+
+def _same(actual, expected: Tensor) -> bool:
+    return (
+        isinstance(actual, Tensor)
+        and actual.shape == expected.shape
+        and actual.dtype == expected.dtype
+        and torch.allclose(actual.detach(), expected.detach(), atol=ATOL, rtol=RTOL)
+    )
+
+
+def _same_dict(actual, expected: Mapping[str, Tensor]) -> bool:
+    return (
+        isinstance(actual, Mapping)
+        and set(actual) == set(expected)
+        and all(_same(actual[n], expected[n]) for n in expected)
+    )
+
+
+def _first_match(actual, candidates: dict[str, object], same: Callable) -> str | None:
+    for name, value in candidates.items():
+        if value is not None and same(actual, value):
+            return name
+    return None
+
+
+def _mse(prediction: Tensor, target: Tensor) -> Tensor:
+    return F.mse_loss(prediction, target)
+
+
+def _sum_squares(prediction: Tensor, target: Tensor) -> Tensor:
+    return ((prediction - target) ** 2).sum()
+
+
+def _output_sum(prediction: Tensor, target: Tensor) -> Tensor:
+    return prediction.sum()
+
+
+def _adapt(model, params, x, y, inner_lr, steps=1, *, loss_fn=_mse, first_order=False):
+    return adapt_reference(
+        model,
+        params,
+        x,
+        y,
+        loss_fn=loss_fn,
+        inner_lr=inner_lr,
+        num_inner_steps=steps,
+        first_order=first_order,
+    )
+
+
+def _query_loss(model, params, x, y) -> Tensor:
+    return _mse(functional_call(model, dict(params), (x,)), y)
+
+
+def _grads(loss, params: Mapping[str, Tensor]) -> dict[str, Tensor | None]:
+    if not isinstance(loss, Tensor) or not loss.requires_grad:
+        return dict.fromkeys(params)
+    values = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return dict(zip(params, values, strict=True))
+
+
+DETACHED_HINT = (
+    "the adapted parameters do not depend on θ: did you detach the gradient (or use "
+    "`torch.no_grad()`, `.data`, `.detach()`)? Compute the step as `p - inner_lr * g` with "
+    "`g` from `torch.autograd.grad(loss, ..., create_graph=True)`"
+)
+FIRST_ORDER_HINT = (
+    "first-order answer where second order is asked: pass `create_graph=True` to "
+    "`torch.autograd.grad` so the meta-gradient goes through the inner gradient too"
+)
+
+
+def _expect_second_order(grads: dict, params: Mapping[str, Tensor], second, first, what: str):
+    """Compares a meta-gradient with the second-order reference, naming first-order answers."""
+    if all(g is None for g in grads.values()):
+        raise Fail(
+            f"{what} does not depend on θ (no gradient reaches the parameters)", DETACHED_HINT
+        )
+    missing = [n for n, g in grads.items() if g is None]
+    if missing:
+        raise Fail(f"{what} does not depend on θ through {missing}", DETACHED_HINT)
+    if _same_dict(grads, first) and not _same_dict(grads, second):
+        raise Fail(f"the meta-gradient of {what} is the first-order one", FIRST_ORDER_HINT)
+    for name in params:
+        expect_tensor(grads[name], second[name], f"meta-gradient ['{name}']", atol=ATOL, rtol=RTOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) inner_update
+
+
+@check(LESSON, points=1)
+def inner_update(fn: Callable) -> str:
+    """Checks ``fn(model, params, x_support, y_support, inner_lr) -> dict``: one differentiable
+    step of SGD on the mean squared error."""
+    model, tasks, inner_lr = _mlp(seed=1), _tasks(seed=2), 0.05
+    xs, ys, xq, yq = tasks.x_support[0], tasks.y_support[0], tasks.x_query[0], tasks.y_query[0]
+    params = params_of(model)
+    given = dict(params)
+    before = _snapshot(model)
+    out = fn(model, params, xs, ys, inner_lr)
+    _expect_model_unchanged(model, before, "inner_update")
+    if any(params[n] is not given[n] for n in given) or set(params) != set(given):
+        raise Fail(
+            "inner_update changed the `params` dict it was given",
+            "return a new dict, e.g. `{name: p - inner_lr * g for ...}`",
+        )
+    if not isinstance(out, Mapping):
+        raise Fail(
+            f"inner_update should return a dict of tensors, got {type(out).__name__}",
+            "return `{name: new_tensor}` with the same names as `params`",
+        )
+    if set(out) != set(params):
+        raise Fail(
+            f"the returned dict has names {sorted(out)}, expected {sorted(params)}",
+            "keep the names of `params` (zip the gradients with `params.keys()`)",
+        )
+    ref = _adapt(model, params, xs, ys, inner_lr)
+    wrong = {
+        "the parameters did not move: no step was taken": dict(params),
+        "wrong sign: the step goes up the gradient": _adapt(model, params, xs, ys, -inner_lr),
+        "the inner 'loss' is the model's output summed, not a loss against y_support": _adapt(
+            model, params, xs, ys, inner_lr, loss_fn=_output_sum
+        ),
+        "the loss is the sum of squared errors, not their mean": _adapt(
+            model, params, xs, ys, inner_lr, loss_fn=_sum_squares
+        ),
+    }
+    mistake = _first_match(out, wrong, _same_dict)
+    if mistake:
+        raise Fail(mistake, "θ' = θ - inner_lr * ∇_θ F.mse_loss(model(x_support; θ), y_support)")
+    for name in params:
+        expect_tensor(out[name], ref[name], f"adapted ['{name}']", atol=ATOL, rtol=RTOL)
+    second = _grads(_query_loss(model, ref, xq, yq), params)
+    first = _grads(
+        _query_loss(model, _adapt(model, params, xs, ys, inner_lr, first_order=True), xq, yq),
+        params,
+    )
+    mine = _grads(_query_loss(model, out, xq, yq), params)
+    _expect_second_order(mine, params, second, first, "the query loss after your step")
+    return (
+        "one SGD step matches mlcourse.maml.adapt on a random 1-8-8-1 network (float64), "
+        "leaves the model untouched, and carries the second-order meta-gradient"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) maml_meta_loss
+
+
+def _meta_loss_variants(model, params, tasks: TaskBatch, inner_lr: float, steps: int) -> dict:
+    """Values of the usual wrong meta-losses, keyed by what is wrong."""
+
+    def per_task(adapt_on: str, score_on: str, lr=inner_lr, n=steps, loss_fn=_mse):
+        losses = []
+        for i in range(tasks.num_tasks):
+            xa, ya = getattr(tasks, f"x_{adapt_on}")[i], getattr(tasks, f"y_{adapt_on}")[i]
+            xe, ye = getattr(tasks, f"x_{score_on}")[i], getattr(tasks, f"y_{score_on}")[i]
+            adapted = _adapt(model, params, xa, ya, lr, n, loss_fn=loss_fn)
+            losses.append(_query_loss(model, adapted, xe, ye))
+        return torch.stack(losses)
+
+    return {
+        "no adaptation: this is the query loss at θ itself": per_task(
+            "support", "query", n=0
+        ).mean(),
+        "no support/query split: the adapted parameters are scored on the support set": per_task(
+            "support", "support"
+        ).mean(),
+        "support and query are swapped (adapted on the query set, scored on the support set)": (
+            per_task("query", "support").mean()
+        ),
+        "adapted and scored on the query set (the support set is never used)": per_task(
+            "query", "query"
+        ).mean(),
+        "summed over tasks instead of averaged": per_task("support", "query").sum(),
+        f"num_inner_steps is ignored: one inner step taken instead of {steps}": per_task(
+            "support", "query", n=1
+        ).mean(),
+        "wrong sign in the inner step (it goes up the support gradient)": per_task(
+            "support", "query", lr=-inner_lr
+        ).mean(),
+        "the inner 'loss' is the model's output summed, not a loss against y_support": per_task(
+            "support", "query", loss_fn=_output_sum
+        ).mean(),
+    }
+
+
+@check(LESSON, points=2)
+def maml_meta_loss(fn: Callable) -> str:
+    """Checks ``fn(model, params, tasks, inner_lr, num_inner_steps) -> scalar``: the mean over
+    tasks of the query MSE after ``num_inner_steps`` second-order SGD steps on the support set."""
+    model, tasks, inner_lr, steps = _mlp(seed=3), _tasks(seed=4), 0.03, 2
+    params = params_of(model)
+    before = _snapshot(model)
+    out = fn(model, params, tasks, inner_lr, steps)
+    _expect_model_unchanged(model, before, "maml_meta_loss")
+    if not isinstance(out, Tensor):
+        raise Fail(
+            f"maml_meta_loss should return a tensor, got {type(out).__name__}",
+            "return the loss tensor itself (no `.item()`), so that `.backward()` can follow",
+        )
+    ref = meta_loss_loop(
+        model, params, tasks, loss_fn=_mse, inner_lr=inner_lr, num_inner_steps=steps
+    )
+    if out.shape == ref.shape:
+        mistake = _first_match(
+            out, _meta_loss_variants(model, params, tasks, inner_lr, steps), _same
+        )
+        if mistake:
+            raise Fail(mistake, "meta-loss = mean_τ MSE(model(x_query; adapt(θ, support_τ)))")
+    expect_tensor(out, ref, "the meta-loss", atol=ATOL, rtol=RTOL)
+    first = meta_loss_loop(
+        model,
+        params,
+        tasks,
+        loss_fn=_mse,
+        inner_lr=inner_lr,
+        num_inner_steps=steps,
+        first_order=True,
+    )
+    _expect_second_order(
+        _grads(out, params), params, _grads(ref, params), _grads(first, params), "your meta-loss"
+    )
+    return (
+        f"the meta-loss and its second-order gradient match mlcourse.maml on {tasks.num_tasks} "
+        f"random tasks with {steps} inner steps (float64)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) fixed_maml_step: the naive blog-post MAML, fixed
+
+
+class _ProbeOptimizer:
+    """Plain SGD that records what the learner's step hands it."""
+
+    def __init__(self, model: nn.Module, lr: float):
+        self.model, self.lr = model, lr
+        self.start = _snapshot(model)
+        self.steps = 0
+        self.moved_before_step: str | None = None
+        self.grads: dict[str, Tensor | None] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.model.parameters():
+            p.grad = None
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps == 1:
+            self.moved_before_step = _moved(self.model, self.start)
+        self.grads = {
+            n: None if p.grad is None else p.grad.detach().clone()
+            for n, p in self.model.named_parameters()
+        }
+        with torch.no_grad():
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p -= self.lr * p.grad
+
+
+def _outer_grad_variants(model, params, tasks: TaskBatch, inner_lr: float) -> dict:
+    """Meta-gradients of the usual wrong MAML steps, keyed by what is wrong."""
+
+    def grad_of(
+        adapt_on="support",
+        score_on="query",
+        inner=_mse,
+        outer=_mse,
+        n=1,
+        fo=False,
+        reduce="mean",
+        detached_start=False,
+    ):
+        losses = []
+        for i in range(tasks.num_tasks):
+            xa, ya = getattr(tasks, f"x_{adapt_on}")[i], getattr(tasks, f"y_{adapt_on}")[i]
+            xe, ye = getattr(tasks, f"x_{score_on}")[i], getattr(tasks, f"y_{score_on}")[i]
+            adapted = _adapt(model, params, xa, ya, inner_lr, n, loss_fn=inner, first_order=fo)
+            if detached_start:  # θ' = θ.detach() - α g(θ): only the path through g is left
+                adapted = {k: v - params[k] + params[k].detach() for k, v in adapted.items()}
+            losses.append(outer(functional_call(model, adapted, (xe,)), ye))
+        total = torch.stack(losses)
+        return _grads(total.mean() if reduce == "mean" else total.sum(), params)
+
+    return {
+        "the inner 'loss' is the model's output summed (`model(x).sum()`): use "
+        "F.mse_loss(prediction, y_support)": grad_of(inner=_output_sum),
+        "the meta-loss is the model's output summed: use F.mse_loss(prediction, y_query)": grad_of(
+            outer=_output_sum
+        ),
+        "the 'loss' is the model's output summed, in both loops": grad_of(
+            inner=_output_sum, outer=_output_sum
+        ),
+        "no support/query split: the meta-loss is computed on the support set": grad_of(
+            score_on="support"
+        ),
+        "the meta-loss is computed with θ, not with the adapted parameters: use "
+        "functional_call(model, fast_weights, (x_query,))": grad_of(n=0),
+        "first-order answer where second order is asked (the inner gradient was computed "
+        "without create_graph=True)": grad_of(fo=True),
+        "the meta-loss is summed over tasks instead of averaged": grad_of(reduce="sum"),
+        "the fast weights start from `state_dict()` tensors, which are detached: the "
+        "meta-gradient misses the path through θ itself; start from "
+        "dict(model.named_parameters())": grad_of(detached_start=True),
+    }
+
+
+def _moved(model: nn.Module, start: Mapping[str, Tensor]) -> str | None:
+    for name, p in model.named_parameters():
+        if not torch.equal(p.detach(), start[name]):
+            return name
+    return None
+
+
+def _fail_in_place(name: str, then: str = "") -> None:
+    raise Fail(
+        f"in-place update changed the model's parameters ('{name}') before "
+        "meta_optimizer.step(): `model.state_dict().copy()` is a new dict holding the same "
+        f"tensors, so `fast_weights[name] -= ...` writes into the model{then}",
+        "build the fast weights out of place from `dict(model.named_parameters())`: "
+        "`{name: p - inner_lr * g}`",
+    )
+
+
+ZIP_HINT = (
+    "`zip(model.state_dict().items(), grads)` pairs buffers with gradients: state_dict holds "
+    "buffers too, `model.parameters()` does not. Take names and tensors from "
+    "`dict(model.named_parameters())`, exactly the tensors `torch.autograd.grad` differentiates"
+)
+
+
+def _run_step(fn: Callable, model: nn.Module, tasks: TaskBatch, inner_lr: float):
+    opt = _ProbeOptimizer(model, lr=0.1)
+    try:
+        returned = fn(model, opt, tasks, inner_lr)
+    except Exception as err:
+        moved = _moved(model, opt.start)
+        if opt.steps == 0 and moved:  # autograd trips over the in-place writes
+            _fail_in_place(moved, f" (then your code raised {type(err).__name__})")
+        raise
+    if opt.moved_before_step:
+        _fail_in_place(opt.moved_before_step)
+    if opt.steps == 0:
+        raise Fail(
+            "meta_optimizer.step() was never called",
+            "after the loss's `.backward()`, call `meta_optimizer.step()` once",
+        )
+    if opt.steps > 1:
+        raise Fail(
+            f"meta_optimizer.step() was called {opt.steps} times in one meta-update",
+            "average the tasks' query losses, call `.backward()` once, then `step()` once",
+        )
+    return returned, opt.grads
+
+
+@check(LESSON, points=2)
+def fixed_maml_step(fn: Callable) -> str:
+    """Checks ``fn(model, meta_optimizer, tasks, inner_lr) -> loss``: one second-order MAML
+    meta-update (one inner SGD step on each task's support set, mean query MSE, one optimizer
+    step), on a plain network and on one with buffers."""
+    inner_lr = 0.05
+    for label, model in (("", _mlp(seed=5)), (" with buffers", _buffered_mlp(seed=6))):
+        tasks = _tasks(seed=7)
+        params = params_of(model)
+        ref_loss = meta_loss_loop(model, params, tasks, loss_fn=_mse, inner_lr=inner_lr)
+        ref = _grads(ref_loss, params)
+        variants = _outer_grad_variants(model, params, tasks, inner_lr)
+        try:
+            returned, grads = _run_step(fn, model, tasks, inner_lr)
+        except Fail:
+            raise
+        except Exception as err:
+            if not label:
+                raise
+            raise Fail(
+                f"right on a plain network, but on a network with buffers your code raised "
+                f"{type(err).__name__}: {err}",
+                ZIP_HINT,
+            ) from err
+        if all(g is None for g in grads.values()):
+            raise Fail("no gradient reached the model's parameters", DETACHED_HINT)
+        if any(g is None for g in grads.values()):
+            raise Fail(
+                f"no gradient reached {[n for n, g in grads.items() if g is None]}",
+                "every parameter should get a meta-gradient: adapt all of them",
+            )
+        mistake = _first_match(grads, variants, _same_dict)
+        if mistake:
+            raise Fail(mistake)
+        if label and not _same_dict(grads, ref):
+            raise Fail("right on a plain network, wrong on a network with buffers", ZIP_HINT)
+        for name in params:
+            expect_tensor(grads[name], ref[name], f"meta-gradient ['{name}']", atol=ATOL)
+        value = returned.item() if isinstance(returned, Tensor) and returned.numel() == 1 else None
+        value = float(returned) if isinstance(returned, (int, float)) else value
+        if value is None or abs(value - ref_loss.item()) > 1e-6 * max(1.0, abs(ref_loss.item())):
+            raise Fail(
+                f"the meta-update is right, but the function returned {returned!r}{label} "
+                f"instead of the meta-loss {ref_loss.item():.6g}",
+                "return the mean query loss of this meta-batch (a float or a 0-d tensor)",
+            )
+    return (
+        "one meta-update matches second-order MAML (mlcourse.maml.meta_loss) on a plain network "
+        "and on one with buffers; the model moves only in meta_optimizer.step()"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) fixed_meta_test: the naive meta-test path, fixed
+
+
+@check(LESSON, points=1)
+def fixed_meta_test(fn: Callable) -> str:
+    """Checks ``fn(model, x_support, y_support, x_query, inner_lr, num_inner_steps) ->
+    predictions``: adapt on the support set, predict the query set, leave the model as it was."""
+    model, tasks, inner_lr, steps = _mlp(seed=8), _tasks(seed=9), 0.02, 3
+    xs, ys, xq = tasks.x_support[0], tasks.y_support[0], tasks.x_query[0]
+    params = params_of(model)
+    before = _snapshot(model)
+    out = fn(model, xs, ys, xq, inner_lr, steps)
+    if any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters()):
+        raise Fail(
+            "meta-test changed the model's parameters: the next task would start from these "
+            "adapted weights instead of θ",
+            "adapt a params dict (`mlcourse.maml.adapt(model, params_of(model), ...)`) and "
+            "predict with `functional_call(model, adapted, (x_query,))`",
+        )
+
+    def predict(n=steps, lr=inner_lr):
+        return functional_call(model, _adapt(model, params, xs, ys, lr, n), (xq,)).detach()
+
+    wrong = {
+        "the meta-test path performs no adaptation at all: these are θ's predictions": predict(0),
+        f"num_inner_steps is ignored: one step taken instead of {steps}": predict(1),
+        "wrong sign: the adaptation goes up the support gradient": predict(lr=-inner_lr),
+    }
+    if isinstance(out, Tensor):
+        out = out.detach()
+    mistake = _first_match(out, wrong, _same)
+    if mistake:
+        raise Fail(mistake, "adapt on (x_support, y_support) first, then predict x_query")
+    expect_tensor(out, predict(), "the predictions", atol=ATOL, rtol=RTOL)
+    return (
+        f"predictions after {steps} adaptation steps match mlcourse.maml.adapt and the model's "
+        "parameters are left as they were"
+    )

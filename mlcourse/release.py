@@ -1,0 +1,238 @@
+"""``mlcourse release``: stamps the course's standard cells and writes the exercise notebooks.
+
+* ``solutions/NN_topic.ipynb`` is the single source of ``exercises/NN_topic.ipynb``: every region
+  from a line ``### BEGIN SOLUTION`` to a line ``### END SOLUTION`` becomes ``# YOUR CODE HERE``
+  and ``raise NotImplementedError()``, indented like the ``BEGIN`` line.
+* Every notebook in ``notebooks/``, ``solutions/`` and ``exercises/`` gets the same "Open in
+  Colab" badge (a markdown cell tagged ``colab-badge``) and setup cell (a code cell tagged
+  ``setup``), built from :mod:`mlcourse.course`. An author writes the title and may leave the
+  tagged cells empty or out: the badge goes after the first cell, the setup cell before the
+  first code cell.
+* Outputs and execution counts are cleared; solution and check cells get nbgrader metadata
+  (``solution: true`` / ``grade: true`` with the check's points from ``mlcourse.checks``).
+
+``mlcourse release --check`` writes nothing and fails when any file differs from what release
+would write.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import nbformat
+
+from mlcourse import course
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
+BADGE_TAG, SETUP_TAG = "colab-badge", "setup"
+FOLDERS = ("notebooks", "solutions", "exercises")
+CHECK_CALL = re.compile(r"\bcheck\.(\w+)\(")
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+def badge_source(path: str) -> str:
+    """The badge cell of the notebook at ``path`` (relative to the repository root)."""
+    image = "https://colab.research.google.com/assets/colab-badge.svg"
+    return f"[![Open In Colab]({image})]({course.colab_url(path)})"
+
+
+def setup_source() -> str:
+    """The setup cell: installs ``mlcourse`` when it is missing (Colab), never torch."""
+    return (
+        "# Setup (the same in every notebook): installs mlcourse on Colab, never torch.\n"
+        "import importlib.util\n"
+        "\n"
+        'if importlib.util.find_spec("mlcourse") is None:\n'
+        f'    %pip install -q "{course.INSTALL_SPEC}"\n'
+        "\n"
+        "import mlcourse  # noqa: E402\n"
+        "from mlcourse.training import default_device  # noqa: E402\n"
+        "\n"
+        'print(f"mlcourse {mlcourse.__version__}, device: {default_device()}")'
+    )
+
+
+def strip_solutions(source: str, where: str = "a cell") -> str:
+    r"""Replaces every ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` region by the stub.
+
+    Raises:
+        ValueError: a region is not closed, or an ``END`` has no ``BEGIN``.
+
+    Example:
+        >>> source = "def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION"
+        >>> print(strip_solutions(source))
+        def f(x):
+            # YOUR CODE HERE
+            raise NotImplementedError()
+    """
+    out, indent = [], None
+    for line in source.split("\n"):
+        marker = line.strip()
+        if marker == BEGIN:
+            if indent is not None:
+                raise ValueError(f"{where}: {BEGIN} inside another region; close it first")
+            indent = line[: len(line) - len(line.lstrip())]
+            out += [indent + text for text in STUB]
+        elif marker == END:
+            if indent is None:
+                raise ValueError(f"{where}: {END} without a {BEGIN} before it")
+            indent = None
+        elif indent is None:
+            out.append(line)
+    if indent is not None:
+        raise ValueError(f"{where}: {BEGIN} is never closed; add a line {END}")
+    return "\n".join(out)
+
+
+def _tagged(nb, tag: str, path: str) -> int | None:
+    found = [i for i, cell in enumerate(nb.cells) if tag in cell.metadata.get("tags", [])]
+    if len(found) > 1:
+        raise ValueError(f"{path}: cells {found} are all tagged {tag!r}; keep one")
+    return found[0] if found else None
+
+
+def _stamp_cell(nb, tag: str, cell_type: str, source: str, default_index: int, path: str) -> None:
+    index = _tagged(nb, tag, path)
+    if index is None:
+        new = (
+            nbformat.v4.new_markdown_cell if cell_type == "markdown" else nbformat.v4.new_code_cell
+        )
+        cell = new(source, metadata={"tags": [tag]})
+        cell.id = tag
+        nb.cells.insert(default_index, cell)
+        return
+    cell = nb.cells[index]
+    if cell.cell_type != cell_type:
+        raise ValueError(f"{path}: the cell tagged {tag!r} must be a {cell_type} cell")
+    cell.source = source
+
+
+def stamp(nb, path: str):
+    """Returns a copy of ``nb`` with the badge and setup cells refreshed and outputs cleared.
+
+    Args:
+        nb: a notebook (nbformat 4).
+        path: where it lives, relative to the repository root (for the badge's address).
+    """
+    nb = copy.deepcopy(nb)
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
+    first = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
+    _stamp_cell(nb, BADGE_TAG, "markdown", badge_source(path), first, path)
+    first_code = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells))
+    _stamp_cell(nb, SETUP_TAG, "code", setup_source(), first_code, path)
+    for i, cell in enumerate(nb.cells):
+        cell.setdefault("id", f"cell-{i}")
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return nb
+
+
+def _solution_name(source: str) -> str | None:
+    match = re.search(r"^\s*def (\w+)|^(\w+)\s*=", source, re.MULTILINE)
+    return (match.group(1) or match.group(2)) if match else None
+
+
+def add_nbgrader(nb, path: str):
+    """Marks solution cells (``solution: true``) and check cells (``grade: true``, locked, with
+    the points of the checks they call) with nbgrader metadata; other cells get none.
+
+    Raises:
+        ValueError: a cell calls a check that ``mlcourse.checks`` does not define.
+    """
+    from mlcourse.checks import REGISTRY
+
+    nb = copy.deepcopy(nb)
+    used: set[str] = set()
+    for i, cell in enumerate(nb.cells):
+        old = cell.metadata.pop("nbgrader", {})
+        if cell.cell_type != "code" or SETUP_TAG in cell.metadata.get("tags", []):
+            continue
+        checks = CHECK_CALL.findall(cell.source)
+        if any(line.strip() == BEGIN for line in cell.source.split("\n")):
+            meta = {"grade": False, "locked": False, "solution": True}
+            default_id = _solution_name(cell.source) or f"solution_{i}"
+        elif checks:
+            unknown = [name for name in checks if name not in REGISTRY]
+            if unknown:
+                raise ValueError(
+                    f"{path} cell {i} calls check.{unknown[0]}, which mlcourse.checks does not "
+                    "define: add it to mlcourse/checks/ or fix the name"
+                )
+            points = sum(REGISTRY[name]["points"] for name in checks)
+            meta = {"grade": True, "locked": True, "solution": False, "points": points}
+            default_id = "check_" + "_".join(dict.fromkeys(checks))
+        else:
+            continue
+        grade_id = old.get("grade_id") or default_id
+        while grade_id in used:
+            grade_id += "_"
+        used.add(grade_id)
+        cell.metadata["nbgrader"] = {**meta, "grade_id": grade_id, "schema_version": 3}
+    return nb
+
+
+def make_exercise(solution_nb, path: str):
+    """The exercise notebook at ``path`` generated from a (stamped) solution notebook."""
+    nb = stamp(solution_nb, path)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            cell.source = strip_solutions(cell.source, f"{path} cell {i}")
+    return nb
+
+
+def _text(nb) -> str:
+    nbformat.validate(nb)
+    text = nbformat.writes(nb, version=4)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def plan(root: str | Path = ".") -> dict[Path, str]:
+    """What ``mlcourse release`` writes: every notebook's path and its expected text.
+
+    Raises:
+        FileNotFoundError: ``root`` has none of ``notebooks/``, ``solutions/``.
+    """
+    root = Path(root)
+    if not (root / "solutions").is_dir() and not (root / "notebooks").is_dir():
+        raise FileNotFoundError(
+            f"{root.resolve()} has no solutions/ or notebooks/ folder: run `mlcourse release` "
+            "from the course repository's root, or pass --root"
+        )
+    expected: dict[Path, str] = {}
+    for path in sorted((root / "notebooks").glob("*.ipynb")):
+        rel = path.relative_to(root).as_posix()
+        expected[path] = _text(stamp(nbformat.read(path, as_version=4), rel))
+    for path in sorted((root / "solutions").glob("*.ipynb")):
+        rel = path.relative_to(root).as_posix()
+        solution = add_nbgrader(stamp(nbformat.read(path, as_version=4), rel), rel)
+        expected[path] = _text(solution)
+        exercise = root / "exercises" / path.name
+        expected[exercise] = _text(make_exercise(solution, f"exercises/{path.name}"))
+    return expected
+
+
+def release(root: str | Path = ".", check: bool = False) -> tuple[list[Path], list[Path]]:
+    """Writes (or, with ``check``, only compares) every notebook release manages.
+
+    Returns:
+        ``(changed, orphans)``: the files that were (or would be) rewritten, and exercise
+        notebooks with no solution behind them (never deleted automatically).
+    """
+    root = Path(root)
+    expected = plan(root)
+    changed = [
+        path
+        for path, text in expected.items()
+        if not path.is_file() or path.read_text(encoding="utf-8") != text
+    ]
+    orphans = [p for p in sorted((root / "exercises").glob("*.ipynb")) if p not in expected]
+    if not check:
+        for path in changed:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(expected[path], encoding="utf-8")
+    return changed, orphans

@@ -1,0 +1,188 @@
+"""`mlcourse grade` on real submissions made here from solutions/00_welcome.ipynb: full marks,
+nothing done, half done, a deleted check cell, a crash, a dead kernel, a hang and a file that is
+not a notebook, all graded in runs that finish."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell
+
+from mlcourse import grading, release
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTION = ROOT / "solutions" / "00_welcome.ipynb"
+TIMEOUT = 120  # seconds per submission: generous, the machine may be busy
+HANG_TIMEOUT = 5  # the hanging submission gets its own run with a short limit
+
+
+def _index(nb, text):
+    return next(i for i, c in enumerate(nb.cells) if text in c.source)
+
+
+def _solution():
+    return nbformat.read(SOLUTION, as_version=4)
+
+
+def _half_done():
+    nb = _solution()
+    cell = nb.cells[_index(nb, "def per_task_mse")]
+    cell.source = release.strip_solutions(cell.source)
+    return nb
+
+
+def _without_check_cell():
+    nb = _solution()
+    del nb.cells[_index(nb, "check.per_task_mse(")]
+    return nb
+
+
+def _insert_before_last_check(source):
+    nb = _solution()
+    nb.cells.insert(_index(nb, "check.per_task_mse("), new_code_cell(source))
+    return nb
+
+
+def _raises():
+    nb = _solution()
+    nb.cells.insert(
+        _index(nb, "def support_query_split"), new_code_cell('raise RuntimeError("boom")')
+    )
+    return nb
+
+
+SUBMISSIONS = {  # file name -> (notebook, expected score, expected status)
+    "00_welcome-solution.ipynb": (_solution, 2, "ok"),
+    "00_welcome-exercise.ipynb": (
+        lambda: nbformat.read(ROOT / "exercises" / "00_welcome.ipynb", as_version=4),
+        0,
+        "ok",
+    ),
+    "00_welcome-half.ipynb": (_half_done, 1, "ok"),
+    "00_welcome-deleted.ipynb": (_without_check_cell, 1, "ok"),
+    "00_welcome-raises.ipynb": (_raises, 2, "error"),
+    "00_welcome-dies.ipynb": (
+        lambda: _insert_before_last_check("import os\n\nos._exit(1)"),
+        1,
+        "error",
+    ),
+    "00_welcome-garbage.ipynb": (None, 0, "invalid"),
+}
+HANGS = "00_welcome-hangs.ipynb"  # cut before its first check, however slow the machine
+
+
+def _hangs():
+    nb = _solution()
+    nb.cells.insert(
+        _index(nb, "def support_query_split"), new_code_cell("import time\n\ntime.sleep(600)")
+    )
+    return nb
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("submissions")
+    for name, (make, _, _) in SUBMISSIONS.items():
+        if make is None:
+            (folder / name).write_text("{ this is not JSON")
+        else:
+            nbformat.write(make(), folder / name)
+    hang_folder = tmp_path_factory.mktemp("hang")
+    nbformat.write(_hangs(), hang_folder / HANGS)
+    book = folder / "gradebook.csv"
+    grade = [sys.executable, "-m", "mlcourse", "grade", "--json"]
+    runs = [  # both at once: the hang's time limit passes while the others run
+        subprocess.Popen(
+            [*grade, str(folder), "--csv", str(book), "--timeout", str(TIMEOUT), "--jobs", "3"],
+            **_pipes(folder),
+        ),
+        subprocess.Popen([*grade, str(hang_folder), "--timeout", str(HANG_TIMEOUT)], **_pipes()),
+    ]
+    outs = [run.communicate(timeout=TIMEOUT * len(SUBMISSIONS)) for run in runs]
+    for run, (_, err) in zip(runs, outs, strict=True):
+        assert run.returncode == 0, err
+    with open(book, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return json.loads(outs[0][0]), rows, outs[0][1], json.loads(outs[1][0])
+
+
+def _pipes(cwd=None):
+    return {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "cwd": cwd}
+
+
+@pytest.mark.slow
+def test_every_submission_gets_its_score_and_status(graded):
+    result, _, log, _ = graded
+    by_name = {Path(r["path"]).name: r for r in result["submissions"]}
+    assert sorted(by_name) == sorted(SUBMISSIONS), log
+    for name, (_, score, status) in SUBMISSIONS.items():
+        row = by_name[name]
+        assert (row["score"], row["status"]) == (score, status), (name, row)
+        assert row["max_score"] == 2 and row["lesson"] == "00_welcome"
+    assert by_name["00_welcome-half.ipynb"]["checks"] == {
+        "support_query_split": 1.0,
+        "per_task_mse": 0.0,
+    }
+    assert "boom" in by_name["00_welcome-raises.ipynb"]["message"]
+    assert "died" in by_name["00_welcome-dies.ipynb"]["message"]
+
+
+@pytest.mark.slow
+def test_gradebook_csv_has_a_row_per_submission_and_a_column_per_check(graded):
+    result, rows, _, _ = graded
+    assert list(rows[0])[:7] == [
+        "path",
+        "lesson",
+        "score",
+        "max_score",
+        "status",
+        "support_query_split",
+        "per_task_mse",
+    ]
+    for row, submission in zip(rows, result["submissions"], strict=True):
+        assert row["path"] == submission["path"]
+        assert float(row["score"]) == submission["score"] and row["status"] == submission["status"]
+        assert float(row["per_task_mse"]) == submission["checks"]["per_task_mse"]
+
+
+@pytest.mark.slow
+def test_a_hanging_submission_is_cut_at_its_time_limit(graded):
+    (row,) = graded[3]["submissions"]
+    assert (row["status"], row["score"], row["max_score"]) == ("timeout", 0.0, 2.0)
+    assert f"after {HANG_TIMEOUT} s" in row["message"]
+
+
+def test_kernels_run_this_python_whatever_kernelspecs_are_installed():
+    spec = grading.ThisPythonKernelManager().kernel_spec
+    assert spec.argv[0] == sys.executable and "ipykernel_launcher" in spec.argv
+
+
+def test_lesson_comes_from_the_file_name():
+    assert grading.lesson_of("alice/00_welcome.ipynb") == "00_welcome"
+    assert grading.lesson_of("00_welcome-bob.ipynb") == "00_welcome"
+    assert grading.lesson_of("welcome.ipynb") is None
+    assert grading.lesson_of("99_nothing.ipynb") is None
+
+
+def test_a_check_recorded_twice_counts_its_last_result(tmp_path):
+    path = tmp_path / "results.jsonl"
+    lines = [
+        json.dumps({"check": "a", "passed": True}),
+        "not json",
+        json.dumps({"check": "a", "passed": False}),
+        json.dumps({"check": "b", "passed": True}),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    results = grading.read_results(path)
+    assert results["a"]["passed"] is False and results["b"]["passed"] is True
+    assert grading.read_results(tmp_path / "missing.jsonl") == {}
+
+
+def test_unknown_lesson_is_invalid_without_running(tmp_path):
+    row = grading.grade(tmp_path / "notes.ipynb", timeout=1)
+    assert (row["status"], row["score"], row["max_score"]) == ("invalid", 0.0, 0.0)
+    assert "NN_" in row["message"]
