@@ -87,7 +87,7 @@ def maml_sine(
     def variant(loss_of):
         model = copy.deepcopy(base)
         params = params_of(model)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
 
         def step(i: int) -> None:
             opt.zero_grad(set_to_none=True)

@@ -99,7 +99,7 @@ class SineLearner:
         self.optimizer = (
             None
             if config.algorithm == "reptile"
-            else torch.optim.Adam(meta_params, lr=config.meta_lr)
+            else torch.optim.Adam(meta_params, lr=config.meta_lr, foreach=True)
         )
         self.generator = torch.Generator().manual_seed(config.seed)
 
