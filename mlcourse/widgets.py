@@ -39,6 +39,7 @@ def interact(draw: Callable[..., object], *, static: bool = True, **controls):
     if static:
         display(Image(_png(draw(**values))))
     image = widgets.Image(format="png", value=_png(draw(**values)))
+    image.layout.max_width = "720px"  # the PNG at its own size, not stretched to the page
 
     def redraw(_change=None):
         image.value = _png(draw(**{name: w.value for name, w in controls.items()}))
