@@ -26,6 +26,7 @@ test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+	MLCOURSE_FAST=1 $(BIN)/python -m pytest --nbval-lax --nbval-current-env notebooks/
 
 # The browser test drives Debian's Chromium (Playwright's own browser download is not used).
 browser: $(CHROMIUM)
