@@ -28,11 +28,6 @@ class TrainingDiverged(FloatingPointError):
     """The loss or the parameters became NaN or infinite during training."""
 
 
-def config_help(config_cls) -> dict[str, str]:
-    """The one-line description of every field of a config dataclass."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config_cls)}
-
-
 def make_config(config_cls, overrides: dict[str, Any]):
     """Builds a config, rejecting unknown field names with the list of known ones."""
     known = {f.name for f in dataclasses.fields(config_cls)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -181,10 +180,3 @@ def _check_ragged(params, fields, allow_ragged):
         if xs.shape[1:] != xq.shape[1:]:
             raise ValueError(f"task {i}: support and query inputs differ in shape per point")
     return tuple(fields)
-
-
-def check_finite(value: Tensor | float, what: str, hint: str) -> None:
-    """Raises :class:`FloatingPointError` when ``value`` is NaN or infinite."""
-    v = float(value)
-    if not torch.isfinite(torch.tensor(v)):
-        raise FloatingPointError(f"{what} is {v}. {hint}")
