@@ -10,27 +10,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 TASK_FIELDS = ("x_support", "y_support", "x_query", "y_query")
 
 
-def check_model(model: nn.Module, *, vectorized_second_order: bool = False) -> None:
+def check_model(model: nn.Module) -> None:
     """Rejects models that cannot be adapted functionally across tasks.
 
     A BatchNorm layer that tracks running statistics updates buffers in place on every
     forward pass: under ``vmap`` that fails, and in a per-task loop the tasks leak into each
     other through the shared statistics.
-
-    ``nn.LayerNorm`` is rejected for the vectorized second-order meta-gradient: under
-    ``torch.func.vmap`` its second-order gradient comes out wrong (a PyTorch defect that
-    ``tests/test_maml.py`` keeps measuring), while first order and the per-task loop are exact.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     for name, module in model.named_modules():
-        if vectorized_second_order and isinstance(module, nn.LayerNorm):
-            raise ValueError(
-                f"layer '{name}' is nn.LayerNorm, whose second-order gradient is wrong under "
-                "torch.func.vmap. Use nn.GroupNorm(1, C), which computes the same thing on "
-                "(N, C) inputs, or first_order=True, or the per-task loop "
-                "(mlcourse.maml.meta_loss_loop)."
-            )
         if isinstance(module, _BatchNorm) and module.track_running_stats:
             raise ValueError(
                 f"layer '{name}' ({type(module).__name__}) keeps running statistics, which cannot "
