@@ -36,7 +36,7 @@ def _experiment_parser(command: str, rest: list[str]):
     from mlcourse import experiments
 
     parser = argparse.ArgumentParser(prog=f"mlcourse {command}", description=COMMANDS[command])
-    lines = [f"  {n:<16}{e.description}" for n, e in experiments.EXPERIMENTS.items()]
+    lines = [f"  {n:<19}{e.description}" for n, e in experiments.EXPERIMENTS.items()]
     parser.epilog = "experiments:\n" + "\n".join(lines)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("experiment", choices=sorted(experiments.EXPERIMENTS), metavar="EXPERIMENT")
@@ -64,9 +64,14 @@ def cmd_train(rest: list[str]) -> int:
         group = parser.add_argument_group(f"{exp.name} options")
         for f in dataclasses.fields(exp.config_cls):
             default = exp.defaults.get(f.name, f.default)
+            kind = (
+                {"action": "store_true"}
+                if isinstance(f.default, bool)
+                else {"type": type(f.default)}
+            )
             group.add_argument(
                 "--" + f.name.replace("_", "-"),
-                type=type(f.default),
+                **kind,
                 default=None,
                 help=f"{f.metadata.get('help', '')} (default: {default})",
             )

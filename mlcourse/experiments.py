@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from mlcourse import sine
+from mlcourse import chars, sine
 from mlcourse.training import default_device, load_checkpoint, make_config, train
 
 
@@ -90,6 +90,60 @@ EXPERIMENTS: dict[str, Experiment] = {
     )
     for name, defaults in sine.EXPERIMENTS.items()
 }
+
+
+def _chars_eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n-way", type=int, default=5, help="classes per episode (N)")
+    parser.add_argument("--k-shot", type=int, default=1, help="support images per class (K)")
+    parser.add_argument("--episodes", type=int, default=1000, help="held-out episodes")
+    parser.add_argument("--k-query", type=int, default=15, help="query images per class")
+    parser.add_argument(
+        "--split", default="test", help="classes to draw from: test (held out), val or train"
+    )
+    parser.add_argument(
+        "--inner-steps",
+        type=int,
+        default=None,
+        help="MAML/ANIL: test-time adaptation steps (default: the run's eval_inner_steps)",
+    )
+    parser.add_argument("--seed", type=int, default=chars.EVAL_SEED, help="seed of the episodes")
+
+
+def _chars_evaluate(learner: chars.CharsLearner, opts: argparse.Namespace) -> dict:
+    figures = chars.evaluate(
+        learner,
+        n_way=opts.n_way,
+        k_shot=opts.k_shot,
+        episodes=opts.episodes,
+        k_query=opts.k_query,
+        split=opts.split,
+        seed=opts.seed,
+        inner_steps=opts.inner_steps,
+    )
+    return {
+        "dataset": learner.config.dataset,
+        "n_way": opts.n_way,
+        "k_shot": opts.k_shot,
+        "episodes": opts.episodes,
+        "split": opts.split,
+        **figures,
+    }
+
+
+EXPERIMENTS.update(
+    {
+        name: Experiment(
+            name=name,
+            description=chars.DESCRIPTIONS[defaults["algorithm"]],
+            config_cls=chars.CharsConfig,
+            make_learner=chars.CharsLearner,
+            add_eval_args=_chars_eval_args,
+            evaluate=_chars_evaluate,
+            defaults=defaults,
+        )
+        for name, defaults in chars.EXPERIMENTS.items()
+    }
+)
 
 
 def get(name: str) -> Experiment:

@@ -126,8 +126,8 @@ def test_unknown_option(tmp_path):
         experiments.run_training("maml-sine", tmp_path, overrides={"nope": 1}, progress=False)
 
 
-@pytest.mark.parametrize("name", sorted(experiments.EXPERIMENTS))
-def test_every_experiment_trains_and_evaluates(tmp_path, name):
+@pytest.mark.parametrize("name", sorted(n for n in experiments.EXPERIMENTS if n.endswith("-sine")))
+def test_every_sine_experiment_trains_and_evaluates(tmp_path, name):
     summary = experiments.run_training(
         name, tmp_path, overrides={**SMALL, "steps": 10}, device="cpu", progress=False
     )
