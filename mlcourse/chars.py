@@ -54,6 +54,9 @@ class CharsConfig:
     hidden_channels: int = _opt(64, "Conv4 feature maps per block")
     norm: str = _opt("group", "Conv4 normalisation: group, batch or none")
     fce: bool = _opt(False, "Matching Networks: full context embeddings")
+    per_task_loop: bool = _opt(
+        False, "MAML/ANIL: adapt task by task instead of with vmap (faster for Conv4 on a CPU)"
+    )
     checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
     log_every: int = _opt(100, "steps between log lines")
 
@@ -150,7 +153,12 @@ class CharsLearner:
         elif c.algorithm == "matchingnet":
             loss, acc = fewshot.matching_loss(self.model, tasks, n_way=c.n_way, fce=self.fce)
         else:
-            loss, acc = fewshot.maml_classification_loss(
+            maml_loss = (
+                fewshot.maml_classification_loss_loop
+                if c.per_task_loop
+                else fewshot.maml_classification_loss
+            )
+            loss, acc = maml_loss(
                 self.model,
                 self.params,
                 tasks,

@@ -125,8 +125,15 @@ def cmd_bench(rest: list[str]) -> int:
         metavar="NAME",
         help=f"one of {', '.join(sorted(bench.BENCHMARKS))}",
     )
-    parser.add_argument("--iters", type=int, default=40, help="iterations per round and variant")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="iterations per round and variant (default: per benchmark)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="alternating rounds (default: per benchmark)"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best)")
     parser.add_argument(
         "--compile",
@@ -135,9 +142,8 @@ def cmd_bench(rest: list[str]) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(rest)
-    result = bench.BENCHMARKS[args.name](
-        iters=args.iters, rounds=args.rounds, device=args.device, compile=args.compile
-    )
+    sizes = {k: v for k in ("iters", "rounds") if (v := getattr(args, k)) is not None}
+    result = bench.BENCHMARKS[args.name](device=args.device, compile=args.compile, **sizes)
     _emit(result, args.json, "\n".join(f"{k:<22}{v}" for k, v in result.items()))
     return 0
 

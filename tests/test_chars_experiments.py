@@ -91,3 +91,15 @@ def test_cli_flags_and_json(tmp_path, capsys):
     assert load_checkpoint(out, "cpu")["config"]["fce"] is True
     assert main(["eval", "matchingnet-chars", "--checkpoint", out, "--episodes", "4"]) == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_per_task_loop_trains_the_same_model(tmp_path):
+    kw = dict(device="cpu", progress=False)
+    over = {**TINY, "steps": 2}
+    experiments.run_training("maml-chars", tmp_path / "vmap", overrides=over, **kw)
+    experiments.run_training(
+        "maml-chars", tmp_path / "loop", overrides={**over, "per_task_loop": True}, **kw
+    )
+    a = load_checkpoint(tmp_path / "vmap", "cpu")["learner"]["model"]
+    b = load_checkpoint(tmp_path / "loop", "cpu")["learner"]["model"]
+    assert max((a[n] - b[n]).abs().max().item() for n in a) < 1e-4

@@ -129,3 +129,12 @@ def test_bench_json(capsys):
     assert result["benchmark"] == "maml-sine" and result["meta_batch_size"] == 25
     assert result["vectorized_it_per_s"] > 0 and result["loop_it_per_s"] > 0
     assert result["speedup"] > 0 and len(result["speedup_by_round"]) == 2
+
+
+def test_bench_maml_conv4_small():
+    from mlcourse.bench import maml_conv4
+
+    result = maml_conv4(meta_batch_size=2, hidden_channels=8, k_query=2, iters=1, rounds=2)
+    assert result["benchmark"] == "maml-conv4" and result["n_way"] == 5
+    assert result["vectorized_it_per_s"] > 0 and result["loop_it_per_s"] > 0
+    assert len(result["speedup_by_round"]) == 2

@@ -84,6 +84,8 @@ def test_wrong_channels_and_sizes_are_refused_with_the_fix():
         Conv4(out_features=N_WAY, hidden_channels=8)(torch.zeros(2, 1, 84, 84))
     with pytest.raises(ValueError, match="too small"):
         Conv4(image_size=8)
+    with pytest.raises(ValueError, match="out_features must be positive"):
+        Conv4(out_features=0)
     with pytest.raises(ValueError, match="norm must be one of"):
         Conv4(norm="layer")
     with pytest.raises(ValueError, match="must divide"):

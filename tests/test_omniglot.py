@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mlcourse.tasks import Omniglot, download_omniglot, load_omniglot, sample_bank_episodes
+from mlcourse.tasks.episodes import sample_classes
 from mlcourse.tasks.omniglot import ARCHIVES, OmniglotError
 
 # sorted order differs from this order, to check that the loader sorts
@@ -339,3 +340,11 @@ def test_bank_episodes_say_what_is_wrong():
         sample_bank_episodes(bank, 2, 2, 1, 1, classes=torch.tensor([0, 6]))
     with pytest.raises(ValueError, match="square"):
         sample_bank_episodes(torch.zeros(6, 5, 1, 3, 4), 2, 2, 1, 1, rotations=4)
+
+
+def test_every_class_is_equally_likely_under_every_label():
+    ids = sample_classes(torch.arange(10, 16), 30_000, 3, torch.Generator().manual_seed(0))
+    assert all(len(set(row)) == 3 for row in ids[:1000].tolist())
+    counts = torch.stack([torch.bincount(ids[:, label] - 10, minlength=6) for label in range(3)])
+    expected = 30_000 / 6
+    assert ((counts - expected).abs() < 5 * expected**0.5).all()  # 5 standard deviations

@@ -32,9 +32,13 @@ class TaskBatch:
         return self.x_support.shape[0]
 
     def to(self, *args, **kwargs) -> TaskBatch:
-        """Moves (or casts) every tensor, like ``Tensor.to``."""
-        moved = {f.name: getattr(self, f.name).to(*args, **kwargs) for f in fields(self)[:4]}
-        info = {k: v.to(*args, **kwargs) for k, v in self.info.items()}
+        """Moves every tensor, like ``Tensor.to``; a dtype casts only the floating ones (labels
+        and class ids stay integers)."""
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        moved = {
+            f.name: _moved(getattr(self, f.name), device, args, kwargs) for f in fields(self)[:4]
+        }
+        info = {k: _moved(v, device, args, kwargs) for k, v in self.info.items()}
         return TaskBatch(**moved, info=info)
 
     def __getitem__(self, index) -> TaskBatch:
@@ -43,3 +47,10 @@ class TaskBatch:
             index = slice(index, index + 1)
         picked = {f.name: getattr(self, f.name)[index] for f in fields(self)[:4]}
         return TaskBatch(**picked, info={k: v[index] for k, v in self.info.items()})
+
+
+def _moved(tensor: torch.Tensor, device, args, kwargs) -> torch.Tensor:
+    """Casts floating tensors; integer ones (labels, class ids) only change device."""
+    if tensor.is_floating_point():
+        return tensor.to(*args, **kwargs)
+    return tensor.to(device) if device is not None else tensor

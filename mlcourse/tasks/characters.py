@@ -19,6 +19,16 @@ a per-drawing gain that sets the pen width.
 Splits are **by alphabet**, like Omniglot's background / evaluation split: meta-train,
 meta-validation and meta-test classes come from disjoint alphabets, so a test character's
 style was never seen in training.
+
+**Calibration** (the defaults; meta-test classes, 15 queries per class, seeded CPU
+generator): nearest neighbour on raw pixels (:func:`~mlcourse.tasks.episodes.
+nearest_neighbour_accuracy`) scores 45.6% ± 0.2% (95% interval, 10 000 episodes) 5-way
+1-shot, 71.0% ± 0.4% 5-way 5-shot and 25.2% ± 0.2% 20-way 1-shot (2 000 episodes each),
+close to the pixel baselines reported for Omniglot (41.7%, 63.2%, 26.7%; Vinyals et al.,
+2016). A Conv4 Prototypical Network trained on one CPU thread for five minutes (about 800
+episodes of 20-way 1-shot) reaches about 95% 5-way 1-shot on the same classes. The
+difficulty comes mostly from ``translation``; ``control_jitter`` and ``rotation_degrees``
+make it harder for convolutional networks too.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ SPLITS = ("train", "val", "test")
 CONTROL_POINTS = 4  # a cubic Bézier curve
 BLUR_RADIUS = 3.0  # the blur kernel reaches this many standard deviations
 TENT_VARIANCE = 1 / 6  # variance (pixels²) of the bilinear splat's tent
-SPLAT_BORDER = 2  # pixels around the canvas that catch the points off the image
+SPLAT_REACH = 2  # a splatted point reaches 2 pixels; the one past them catches off-image points
 
 
 @dataclass(frozen=True)
@@ -323,8 +333,9 @@ class ProceduralCharacters:
         """Draws one fresh image of each requested class, all at once.
 
         Random numbers come from ``generator`` on its own device, so a seeded CPU generator
-        gives the same drawings on every device; without a generator they are drawn
-        directly on ``device``.
+        gives the same drawings on every device (up to float rounding: on a GPU the
+        scatter-add sums in any order unless ``torch.use_deterministic_algorithms(True)``);
+        without a generator they are drawn directly on ``device``.
 
         Args:
             class_ids: ``(batch,)`` int64 class ids (repeat an id for several drawings).
@@ -367,8 +378,10 @@ class ProceduralCharacters:
         points = _bezier(strokes, t)  # (strokes, points_per_stroke, 2)
         size = self.image_size
         weights = _arc_length_weights(strokes, t) * size
-        density = _splat(points * size, weights, owner, ids.numel(), size)
-        density = _blur(density, self.pen_blur * size)
+        sigma = self.pen_blur * size
+        border = math.ceil(BLUR_RADIUS * sigma) + SPLAT_REACH
+        canvas = _splat(points * size, weights, owner, ids.numel(), size, border)
+        density = _blur(canvas, sigma, border)
         return (noise["gain"][:, None, None, None] * density).clamp_(max=1.0)
 
     def _drawing_noise(self, batch, generator, device, dtype) -> dict[str, torch.Tensor]:
@@ -377,6 +390,7 @@ class ProceduralCharacters:
             batch, self.max_strokes, CONTROL_POINTS, 2, generator=generator, device=device,
             dtype=dtype,
         )  # fmt: skip
+        # uniforms: rotation, 2 scales, shear, 2 shifts, pen width
         u = torch.rand(batch, 7, generator=generator, device=device, dtype=dtype)
         angle = math.radians(self.rotation_degrees) * (2 * u[:, 0] - 1)
         log_low, log_high = math.log(self.scale_range[0]), math.log(self.scale_range[1])
@@ -504,13 +518,18 @@ def _affine(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
 
 
 def _splat(
-    points: torch.Tensor, weights: torch.Tensor, owner: torch.Tensor, batch: int, size: int
+    points: torch.Tensor,
+    weights: torch.Tensor,
+    owner: torch.Tensor,
+    batch: int,
+    size: int,
+    border: int,
 ) -> torch.Tensor:
     """Adds each weighted point to its 4 nearest pixels (bilinear weights), in one scatter.
 
-    Pixel ``(i, j)`` has its centre at ``(x, y) = (j + 0.5, i + 0.5)``. Each canvas has a
-    border of ``SPLAT_BORDER`` pixels that is cut off at the end: points off the image are
-    clamped into it, so they leave no ink on the image.
+    Pixel ``(i, j)`` of the image has its centre at ``(x, y) = (j + 0.5, i + 0.5)``. The
+    canvas extends ``border`` pixels past the image on every side; points further out are
+    clamped onto its outermost pixels, which the blur must not reach.
 
     Args:
         points: ``(strokes, n, 2)`` ``(x, y)`` in pixels.
@@ -518,11 +537,11 @@ def _splat(
         owner: ``(strokes,)`` the image each stroke belongs to, in ``[0, batch)``.
         batch: how many images.
         size: image side in pixels.
+        border: canvas pixels on each side of the image.
 
     Returns:
-        ``(batch, 1, size, size)``.
+        ``(batch, size + 2 * border, size + 2 * border)``.
     """
-    border = SPLAT_BORDER
     side = size + 2 * border
     corner = (points - 0.5).floor()
     fx, fy = (points - 0.5 - corner).unbind(-1)
@@ -534,30 +553,32 @@ def _splat(
     canvas.index_add_(
         0, (top_left[..., None] + offsets).flatten(), (share * weights[..., None]).flatten()
     )
-    return canvas.view(batch, 1, side, side)[:, :, border:-border, border:-border]
+    return canvas.view(batch, side, side)
 
 
-def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (std ``sigma`` pixels, zero padding), normalised so that a line
-    of unit mass per pixel of length peaks at about 1 after the bilinear splat.
+def _blur(canvas: torch.Tensor, sigma: float, border: int) -> torch.Tensor:
+    """Separable Gaussian blur (std ``sigma`` pixels) that also crops the canvas to the image,
+    normalised so that a line of unit mass per pixel of length peaks at about 1.
 
-    Done as two products with a banded ``(size, size)`` matrix, much faster on the CPU than a
+    Done as two products with a banded ``(size, side)`` matrix, much faster on the CPU than a
     one-channel convolution.
 
     Args:
-        images: ``(batch, 1, size, size)``.
+        canvas: ``(batch, side, side)`` with ``side = size + 2 * border``.
         sigma: std in pixels.
+        border: canvas pixels on each side of the image.
 
     Returns:
         ``(batch, 1, size, size)``.
     """
-    size = images.shape[-1]
-    pixels = torch.arange(size, device=images.device, dtype=images.dtype)
-    offsets = pixels[:, None] - pixels
-    band = torch.exp(-0.5 * (offsets / sigma).square()) * (offsets.abs() <= BLUR_RADIUS * sigma)
-    band = band / band.sum(dim=0).amax()  # a column away from the borders sums to 1
+    side = canvas.shape[-1]
+    radius = math.ceil(BLUR_RADIUS * sigma)
+    pixels = torch.arange(side, device=canvas.device, dtype=canvas.dtype)
+    offsets = pixels[border:-border, None] - pixels  # (size, side): image pixel - canvas pixel
+    band = torch.exp(-0.5 * (offsets / sigma).square()) * (offsets.abs() <= radius)
+    band = band / band[0].sum()  # every row holds the whole kernel: rows sum to 1
     peak = math.sqrt(2 * math.pi * _effective_variance(sigma))  # 1 / a line's peak density
-    return band @ images @ (band * peak)  # the band is symmetric: rows, then columns
+    return (band @ canvas @ (band.T * peak)).unsqueeze(1)
 
 
 def _effective_variance(sigma: float) -> float:

@@ -45,6 +45,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -56,16 +57,19 @@ OMNIGLOT_URL_BASE = "https://raw.githubusercontent.com/brendenlake/omniglot/mast
 ARCHIVES = ("images_background.zip", "images_evaluation.zip")
 # As recorded by TensorFlow Datasets (tensorflow_datasets/url_checksums/omniglot.txt), for
 # files of 9 464 212 and 6 462 886 bytes.
-OMNIGLOT_SHA256 = {
-    "images_background.zip": "ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640",
-    "images_evaluation.zip": "1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee",
-}
+OMNIGLOT_SHA256 = MappingProxyType(
+    {
+        "images_background.zip": "ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640",
+        "images_evaluation.zip": "1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee",
+    }
+)
 VINYALS_TRAIN_CHARACTERS = 1028  # Snell et al.'s train split (+ 172 val = Vinyals's 1200)
 VINYALS_VAL_CHARACTERS = 172
 SPLITS = ("train", "val", "trainval", "test", "background", "evaluation")
 CACHE_FORMAT = 1  # bump when the cache file's contents change
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 INK_LEVELS = 255  # the cache stores ink quantised to uint8
+CHARACTERS_PER_CHUNK = 64  # characters shrunk at once while reading (~14 MB at 105x105)
 
 DOWNLOAD_HELP = (
     "To download it, run in Python:\n"
@@ -455,27 +459,35 @@ def _read_drawings(source: Path, archive: str, image_size: int) -> tuple[list[st
                     f"({counts}); {damaged}"
                 )
             names = sorted(characters)
-            images = [_read_character(read, sorted(characters[n]), image_size) for n in names]
+            images = []
+            for first in range(0, len(names), CHARACTERS_PER_CHUNK):
+                chunk = [sorted(characters[n]) for n in names[first : first + CHARACTERS_PER_CHUNK]]
+                images.append(_read_characters(read, chunk, image_size))
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, SyntaxError) as error:
         # PIL raises OSError or SyntaxError on a broken PNG
         raise OmniglotError(f"{damaged} ({type(error).__name__}: {error})") from error
-    return names, torch.stack(images)
+    return names, torch.cat(images)
 
 
-def _read_character(read, keys: list[str], image_size: int) -> torch.Tensor:
-    """The drawings of one character as uint8 ink, ``(drawings, 1, image_size, image_size)``."""
+def _read_characters(read, keys: list[list[str]], image_size: int) -> torch.Tensor:
+    """Drawings as uint8 ink, ``(characters, drawings, 1, image_size, image_size)``.
+
+    Args:
+        read: returns the bytes of a PNG file given its key.
+        keys: ``keys[c][d]`` is drawing ``d`` of character ``c``; all drawings the same size.
+        image_size: side of the returned images.
+    """
     from PIL import Image  # a dependency of matplotlib
 
-    ink = torch.stack([_ink(Image.open(io.BytesIO(read(key)))) for key in keys]).unsqueeze(1)
+    pages = []
+    for key in (key for character in keys for key in character):
+        gray = Image.open(io.BytesIO(read(key))).convert("L")  # white paper = 255
+        pixels = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8)
+        pages.append(pixels.view(1, gray.height, gray.width))
+    ink = 1 - torch.stack(pages).float() / INK_LEVELS  # (drawings, 1, H, W)
     small = F.interpolate(ink, size=(image_size, image_size), mode="area")
-    return (small * INK_LEVELS).round().to(torch.uint8)
-
-
-def _ink(image) -> torch.Tensor:
-    """A PIL drawing (black ink on white) as float ink: 1 = ink, 0 = paper."""
-    gray = image.convert("L")
-    pixels = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8)
-    return 1 - pixels.view(gray.height, gray.width).float() / INK_LEVELS
+    small = (small * INK_LEVELS).round().to(torch.uint8)
+    return small.view(len(keys), len(keys[0]), 1, image_size, image_size)
 
 
 def _write_cache(path: Path, images: torch.Tensor, names: list[str], num_background: int):
