@@ -6,7 +6,10 @@ Used by ``mlcourse train/eval *-chars`` and lesson 04. Defaults follow the paper
 course's CPU budget allows: a 64-channel Conv4, Adam with step 0.001; MAML with one inner step
 of 0.4 in training and three at test time, meta-batches of 32 tasks (Finn et al., 2017);
 Prototypical Networks trained on episodes with more classes than at test time (Snell et al.,
-2017). Every figure is measured on held-out classes, from episodes of a fixed seed.
+2017); Matching Networks divide the cosine similarities by a temperature of 0.1, since the
+paper's plain cosine caps how sharp the attention can get (see
+:func:`mlcourse.fewshot.matching_logits`). Every figure is measured on held-out classes, from
+episodes of a fixed seed.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class CharsConfig:
     hidden_channels: int = _opt(64, "Conv4 feature maps per block")
     norm: str = _opt("group", "Conv4 normalisation: group, batch or none")
     fce: bool = _opt(False, "Matching Networks: full context embeddings")
+    temperature: float = _opt(
+        0.1, "Matching Networks: divides the cosine similarities (the paper's is 1)"
+    )
     per_task_loop: bool = _opt(
         False, "MAML/ANIL: adapt task by task instead of with vmap (faster for Conv4 on a CPU)"
     )
@@ -151,7 +157,9 @@ class CharsLearner:
         if c.algorithm == "protonet":
             loss, acc = fewshot.protonet_loss(self.model, tasks, n_way=c.n_way)
         elif c.algorithm == "matchingnet":
-            loss, acc = fewshot.matching_loss(self.model, tasks, n_way=c.n_way, fce=self.fce)
+            loss, acc = fewshot.matching_loss(
+                self.model, tasks, n_way=c.n_way, temperature=c.temperature, fce=self.fce
+            )
         else:
             maml_loss = (
                 fewshot.maml_classification_loss_loop
@@ -198,7 +206,9 @@ class CharsLearner:
         if c.algorithm == "protonet":
             return fewshot.evaluate_protonet(self.model, tasks, n_way=n_way)
         if c.algorithm == "matchingnet":
-            return fewshot.evaluate_matching(self.model, tasks, n_way=n_way, fce=self.fce)
+            return fewshot.evaluate_matching(
+                self.model, tasks, n_way=n_way, temperature=c.temperature, fce=self.fce
+            )
         if n_way is not None and n_way != c.n_way:
             raise ValueError(
                 f"this {c.algorithm} run was trained with a {c.n_way}-way head: evaluate it "
