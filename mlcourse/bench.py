@@ -84,29 +84,17 @@ def maml_sine(
         for i in range(8)
     ]
 
-    def variant(loss_of):
-        model = copy.deepcopy(base)
-        params = params_of(model)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
-
-        def step(i: int) -> None:
-            opt.zero_grad(set_to_none=True)
-            loss_of(model, params, pool[i % len(pool)]).backward()
-            opt.step()
-
-        return step
-
     kwargs = {"loss_fn": F.mse_loss, "inner_lr": 0.01, "num_inner_steps": num_inner_steps}
     variants = {
-        "vectorized": variant(lambda m, p, t: meta_loss(m, p, t, **kwargs)),
-        "loop": variant(lambda m, p, t: meta_loss_loop(m, p, t, **kwargs)),
+        "vectorized": _training_step(base, pool, lambda m, p, t: meta_loss(m, p, t, **kwargs)),
+        "loop": _training_step(base, pool, lambda m, p, t: meta_loss_loop(m, p, t, **kwargs)),
     }
     result: dict = {}
     if compile:
         compiled, info = _compiled_meta_loss(base, pool[0], kwargs)
         result.update(info)
         if compiled is not None:
-            variants["compiled"] = variant(compiled)
+            variants["compiled"] = _training_step(base, pool, compiled)
     med, ratios, rates = _side_by_side(variants, iters, rounds, device)
     result = {
         "benchmark": "maml-sine",
@@ -129,6 +117,22 @@ def maml_sine(
         result["compiled_it_per_s"] = round(med["compiled"], 2)
         result["compiled_speedup"] = round(statistics.median(cratios), 2)
     return result
+
+
+def _training_step(base: torch.nn.Module, pool: list, loss_of) -> Callable[[int], None]:
+    """``step(i)``: one meta-training iteration (loss, backward, Adam) on its own copy of
+    ``base``, with the task batch ``pool[i % len(pool)]``; ``loss_of(model, params, tasks)``
+    returns the scalar meta-loss."""
+    model = copy.deepcopy(base)
+    params = params_of(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
+
+    def step(i: int) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_of(model, params, pool[i % len(pool)]).backward()
+        opt.step()
+
+    return step
 
 
 def _side_by_side(variants: dict, iters: int, rounds: int, device: torch.device):
@@ -193,21 +197,13 @@ def maml_conv4(
     ]
     kwargs = {"inner_lr": 0.4, "num_inner_steps": num_inner_steps}
 
-    def variant(loss_of):
-        model = copy.deepcopy(base)
-        params = params_of(model)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
-
-        def step(i: int) -> None:
-            opt.zero_grad(set_to_none=True)
-            loss_of(model, params, pool[i % len(pool)])[0].backward()
-            opt.step()
-
-        return step
-
     variants = {
-        "vectorized": variant(lambda m, p, t: maml_classification_loss(m, p, t, **kwargs)),
-        "loop": variant(lambda m, p, t: maml_classification_loss_loop(m, p, t, **kwargs)),
+        "vectorized": _training_step(
+            base, pool, lambda m, p, t: maml_classification_loss(m, p, t, **kwargs)[0]
+        ),
+        "loop": _training_step(
+            base, pool, lambda m, p, t: maml_classification_loss_loop(m, p, t, **kwargs)[0]
+        ),
     }
     med, ratios, _ = _side_by_side(variants, iters, rounds, device)
     result = {
