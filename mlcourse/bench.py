@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from mlcourse.maml import meta_loss, meta_loss_loop, params_of
 from mlcourse.models import MLP
 from mlcourse.tasks import Sinusoid, TaskBatch
-from mlcourse.training import default_device
+from mlcourse.training import default_device, make_adam
 
 
 def _sync(device: torch.device) -> None:
@@ -125,7 +125,7 @@ def _training_step(base: torch.nn.Module, pool: list, loss_of) -> Callable[[int]
     returns the scalar meta-loss."""
     model = copy.deepcopy(base)
     params = params_of(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
+    opt = make_adam(model.parameters(), lr=1e-3)
 
     def step(i: int) -> None:
         opt.zero_grad(set_to_none=True)

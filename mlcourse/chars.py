@@ -23,6 +23,7 @@ from mlcourse import fewshot
 from mlcourse.maml import params_of
 from mlcourse.models import Conv4
 from mlcourse.tasks import ProceduralCharacters, load_omniglot
+from mlcourse.training import make_adam
 
 ALGORITHMS = ("protonet", "matchingnet", "maml", "fomaml", "anil")
 METRIC = ("protonet", "matchingnet")
@@ -134,7 +135,7 @@ class CharsLearner:
                 else None
             )
         self.params = params_of(self.model)
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=config.meta_lr, foreach=True)
+        self.optimizer = make_adam(self.parameters(), lr=config.meta_lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.last_accuracy = float("nan")
 

@@ -224,15 +224,16 @@ def _adapt_reference(
 ) -> Params:
     names = list(params)
     params = {n: p if p.requires_grad else p.detach().requires_grad_() for n, p in params.items()}
+    tie_weights = _has_tied_weights(model)
     with torch.enable_grad():
         for _ in range(num_inner_steps):
-            loss = loss_fn(functional_call(model, params, (x_support,)), y_support)
+            prediction = functional_call(model, params, (x_support,), tie_weights=tie_weights)
+            loss = loss_fn(prediction, y_support)
             grads = torch.autograd.grad(
                 loss, [params[n] for n in names], create_graph=not first_order, allow_unused=True
             )
             params = {
-                n: params[n] - _lr(inner_lr, n) * (g if g is not None else 0.0)
-                for n, g in zip(names, grads, strict=True)
+                n: _step(params[n], g, _lr(inner_lr, n)) for n, g in zip(names, grads, strict=True)
             }
     return params
 
@@ -256,12 +257,14 @@ def meta_loss_loop(
     params = check_params(model, params)
     _check_inner(params, inner_lr, num_inner_steps)
     x_support, y_support, x_query, y_query = check_tasks(params, tasks, allow_ragged=True)
+    tie_weights = _has_tied_weights(model)
     losses = []
     for xs, ys, xq, yq in zip(x_support, y_support, x_query, y_query, strict=True):
         adapted = _adapt_reference(
             model, params, xs, ys, loss_fn, inner_lr, num_inner_steps, first_order
         )
-        losses.append(loss_fn(functional_call(model, adapted, (xq,)), yq))
+        prediction = functional_call(model, adapted, (xq,), tie_weights=tie_weights)
+        losses.append(loss_fn(prediction, yq))
     return torch.stack(losses).mean()
 
 
@@ -324,19 +327,37 @@ def _adapt_batch(
                 losses.sum(), list(at.values()), create_graph=differentiable, allow_unused=True
             )
         batched = {
-            n: p - _lr(inner_lr, n) * (g if g is not None else 0.0)
+            n: _step(p, g, _lr(inner_lr, n))
             for (n, p), g in zip(batched.items(), grads, strict=True)
         }
     return batched
 
 
+def _step(p: Tensor, g: Tensor | None, lr) -> Tensor:
+    """``p - lr * g`` (one fused ``add`` when ``lr`` is a number); ``p`` where ``g`` is unused."""
+    if g is None:
+        return p
+    if isinstance(lr, (int, float)):
+        return torch.add(p, g, alpha=-lr)
+    return p - lr * g
+
+
 def _task_losses(model: nn.Module, loss_fn: LossFn, params: Params, x: Tensor, y: Tensor) -> Tensor:
     """``(T,)`` losses of ``T`` tasks, each under its own row of the batched ``params``."""
+    # Re-tying shared weights costs a walk over the modules on every call: only pay it for a
+    # model that has tied weights.
+    tie_weights = _has_tied_weights(model)
 
     def one_task(p: Params, xt: Tensor, yt: Tensor) -> Tensor:
-        return loss_fn(functional_call(model, p, (xt,)), yt)
+        return loss_fn(functional_call(model, p, (xt,), tie_weights=tie_weights), yt)
 
     return vmap(one_task)(params, x, y)
+
+
+def _has_tied_weights(model: nn.Module) -> bool:
+    """Whether one tensor is registered under several names (e.g. shared embeddings)."""
+    every = model.named_parameters(remove_duplicate=False)
+    return sum(1 for _ in every) != sum(1 for _ in model.parameters())
 
 
 def _lr(inner_lr: LearningRate, name: str):

@@ -21,6 +21,7 @@ from mlcourse.metasgd import init_inner_lrs
 from mlcourse.models import MLP
 from mlcourse.reptile import reptile_step
 from mlcourse.tasks import Sinusoid
+from mlcourse.training import make_adam
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "pretrain")
 EVAL_SEED = 20_170_703  # held-out tasks: a generator no training run uses
@@ -97,9 +98,7 @@ class SineLearner:
             self.inner_lrs = init_inner_lrs(self.params, generator=gen)
             meta_params += list(self.inner_lrs.values())
         self.optimizer = (
-            None
-            if config.algorithm == "reptile"
-            else torch.optim.Adam(meta_params, lr=config.meta_lr, foreach=True)
+            None if config.algorithm == "reptile" else make_adam(meta_params, lr=config.meta_lr)
         )
         self.generator = torch.Generator().manual_seed(config.seed)
 
