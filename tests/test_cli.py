@@ -138,3 +138,37 @@ def test_bench_maml_conv4_small():
     assert result["benchmark"] == "maml-conv4" and result["n_way"] == 5
     assert result["vectorized_it_per_s"] > 0 and result["loop_it_per_s"] > 0
     assert len(result["speedup_by_round"]) == 2
+
+
+def _bench_inputs():
+    import torch
+    import torch.nn.functional as F
+
+    from mlcourse.models import MLP
+    from mlcourse.tasks import Sinusoid
+
+    torch.manual_seed(0)
+    tasks = Sinusoid().sample(5, 10, 10, generator=torch.Generator().manual_seed(0))
+    return MLP(), tasks, {"loss_fn": F.mse_loss, "inner_lr": 0.01, "num_inner_steps": 1}
+
+
+def test_bench_compiled_variant_is_checked_against_eager(monkeypatch):
+    """The formulation the benchmark compiles gives eager's meta-gradient (run uncompiled here:
+    compiling takes a minute), and a compiler that changes the gradient is refused."""
+    import torch
+
+    from mlcourse import bench
+
+    model, tasks, kwargs = _bench_inputs()
+    monkeypatch.setattr(torch, "compile", lambda fn: fn)
+    compiled, info = bench._compiled_meta_loss(model, tasks, kwargs)
+    assert compiled is not None and "compiled_error" not in info
+    assert info["compiled_max_grad_diff"] < 1e-6
+
+    def first_order_compiler(fn):  # what a compiler dropping double backward would compute
+        return lambda m, p, t: bench.meta_loss(m, p, t, first_order=True, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", first_order_compiler)
+    compiled, info = bench._compiled_meta_loss(model, tasks, kwargs)
+    assert compiled is None
+    assert "differs from eager" in info["compiled_error"]
