@@ -276,4 +276,70 @@ def _compiled_meta_loss(model, tasks: TaskBatch, kwargs: dict):
     return compiled, info
 
 
-BENCHMARKS: dict[str, Callable[..., dict]] = {"maml-sine": maml_sine, "maml-conv4": maml_conv4}
+def bandit_env(
+    *,
+    num_envs: int = 256,
+    num_arms: int = 5,
+    num_pulls: int = 100,
+    iters: int = 200,
+    rounds: int = 5,
+    device: torch.device | str | None = None,
+    compile: bool = False,
+) -> dict:
+    """Environment steps per second: the batched bandit vs Gymnasium's ``SyncVectorEnv``.
+
+    Both step ``num_envs`` Bernoulli bandits with random actions (drawn before timing), the
+    batched one as tensor operations on ``device``, ``SyncVectorEnv`` as a Python loop over
+    ``num_envs`` copies of the single environment. Trials end and restart (next-step
+    autoreset) in both. Rounds alternate; the speedup is the median per-round ratio.
+
+    Returns:
+        A dict with ``batched_steps_per_s``, ``sync_steps_per_s`` (environment steps: one
+        step of one environment) and ``speedup``.
+    """
+    import gymnasium as gym
+
+    from mlcourse.envs import BernoulliBanditEnv, BernoulliBanditVectorEnv
+
+    device = torch.device(device) if device is not None else default_device()
+    batched = BernoulliBanditVectorEnv(num_envs, num_arms, num_pulls, device=device)
+    batched.reset(seed=0)
+    sync = gym.vector.SyncVectorEnv(
+        [lambda: BernoulliBanditEnv(num_arms, num_pulls) for _ in range(num_envs)]
+    )
+    sync.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    actions = torch.randint(num_arms, (64, num_envs), generator=gen)
+    batched_actions, sync_actions = actions.to(device), actions.numpy()
+    variants = {
+        "vectorized": lambda i: batched.step(batched_actions[i % 64]),
+        "loop": lambda i: sync.step(sync_actions[i % 64]),
+    }
+    med, ratios, _ = _side_by_side(variants, iters, rounds, device)
+    sync.close()
+    return {
+        "benchmark": "bandit-env",
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "num_envs": num_envs,
+        "num_arms": num_arms,
+        "num_pulls": num_pulls,
+        "rounds": rounds,
+        "iters_per_round": iters,
+        "batched_steps_per_s": round(med["vectorized"] * num_envs, 1),
+        "sync_steps_per_s": round(med["loop"] * num_envs, 1),
+        "speedup": round(statistics.median(ratios), 2),
+        "speedup_by_round": [round(r, 2) for r in ratios],
+        **(
+            {"compiled_error": "torch.compile is not benchmarked for environments"}
+            if compile
+            else {}
+        ),
+    }
+
+
+BENCHMARKS: dict[str, Callable[..., dict]] = {
+    "maml-sine": maml_sine,
+    "maml-conv4": maml_conv4,
+    "bandit-env": bandit_env,
+}

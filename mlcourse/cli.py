@@ -16,6 +16,7 @@ COMMANDS = {
     "train": "train an experiment, with checkpoints and --resume",
     "eval": "evaluate a trained checkpoint",
     "bench": "side-by-side speed ratios measured in one run",
+    "baselines": "the classic bandit and MDP strategies (RL² Tables 1 and 2)",
     "grade": "execute submitted notebooks and write a gradebook",
     "release": "write exercises/ from solutions/ and stamp every notebook's setup cells",
 }
@@ -148,6 +149,59 @@ def cmd_bench(rest: list[str]) -> int:
     return 0
 
 
+def cmd_baselines(rest: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mlcourse baselines", description=COMMANDS["baselines"])
+    sub = parser.add_subparsers(dest="family", required=True, metavar="bandit|mdp")
+    bandit = sub.add_parser("bandit", help="Bernoulli bandits with arms U[0, 1]")
+    bandit.add_argument("--arms", type=int, default=5, help="k (default: 5)")
+    bandit.add_argument("--pulls", type=int, default=10, help="n, pulls per trial (default: 10)")
+    bandit.add_argument(
+        "--episodes", type=int, default=10_000, help="bandits (trials) to average over"
+    )
+    bandit.add_argument("--epsilon", type=float, default=0.1, help="ε of ε-greedy (default 0.1)")
+    bandit.add_argument("--ucb-c", type=float, default=1.0, help="UCB1's bonus scale (default 1)")
+    mdp = sub.add_parser("mdp", help="random tabular MDPs (10 states, 5 actions, 10 steps)")
+    mdp.add_argument(
+        "--episodes-per-trial", type=int, default=10, help="n, episodes per trial (default: 10)"
+    )
+    mdp.add_argument("--trials", type=int, default=1000, help="MDPs (trials) to average over")
+    mdp.add_argument("--epsilon", type=float, default=0.1, help="ε of ε-greedy (default 0.1)")
+    mdp.add_argument("--beb-beta", type=float, default=1.0, help="BEB's bonus scale (default 1)")
+    for p in (bandit, mdp):
+        p.add_argument("--seed", type=int, default=0, help="seed of the tasks and the strategies")
+        p.add_argument("--device", default="cpu", help="where the environments run (cpu)")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(rest)
+    if args.family == "bandit":
+        from mlcourse.rl.bandits import bandit_baselines
+
+        result = bandit_baselines(
+            args.arms,
+            args.pulls,
+            args.episodes,
+            seed=args.seed,
+            epsilon=args.epsilon,
+            ucb_c=args.ucb_c,
+            device=args.device,
+        )
+    else:
+        from mlcourse.rl.mdps import mdp_baselines
+
+        result = mdp_baselines(
+            args.episodes_per_trial,
+            args.trials,
+            seed=args.seed,
+            epsilon=args.epsilon,
+            beb_beta=args.beb_beta,
+            device=args.device,
+        )
+    text = "\n".join(
+        f"{name:<20}{r['mean']:9.2f} ± {r['stderr']:.2f}" for name, r in result.items()
+    )
+    _emit(result, args.json, text)
+    return 0
+
+
 def cmd_doctor(rest: list[str]) -> int:
     from mlcourse import doctor
 
@@ -216,6 +270,7 @@ HANDLERS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "bench": cmd_bench,
+    "baselines": cmd_baselines,
     "grade": cmd_grade,
     "release": cmd_release,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mlcourse import chars, sine
+from mlcourse import chars, rl2, sine
 from mlcourse.training import default_device, load_checkpoint, make_config, train
 
 
@@ -142,6 +143,63 @@ EXPERIMENTS.update(
             defaults=defaults,
         )
         for name, defaults in chars.EXPERIMENTS.items()
+    }
+)
+
+
+def _rl2_bandit_eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arms", type=int, default=None, help="k (default: the run's)")
+    parser.add_argument("--pulls", type=int, default=None, help="n (default: the run's)")
+    parser.add_argument("--episodes", type=int, default=1000, help="held-out bandits (trials)")
+    _rl2_common_eval_args(parser)
+
+
+def _rl2_mdp_eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--episodes-per-trial", type=int, default=None, help="n (default: the run's)"
+    )
+    parser.add_argument("--trials", type=int, default=1000, help="held-out MDPs (trials)")
+    _rl2_common_eval_args(parser)
+
+
+def _rl2_common_eval_args(parser) -> None:
+    parser.add_argument("--greedy", action="store_true", help="most likely action, no sampling")
+    parser.add_argument("--seed", type=int, default=rl2.EVAL_SEED, help="seed of the tasks")
+
+
+def _rl2_evaluate(learner: rl2.RL2Learner, opts: argparse.Namespace) -> dict:
+    c = learner.config
+    if c.task == "bandit":
+        sizes = {
+            "num_arms": opts.arms if opts.arms is not None else c.num_arms,
+            "num_pulls": opts.pulls if opts.pulls is not None else c.num_pulls,
+        }
+        trials = opts.episodes
+    else:
+        n = opts.episodes_per_trial
+        sizes = {"num_episodes": n if n is not None else c.num_episodes}
+        trials = opts.trials
+    config = dataclasses.replace(c, **sizes)
+    figures = rl2.evaluate(
+        learner.policy, config, num_trials=trials, seed=opts.seed, greedy=opts.greedy
+    )
+    return {**sizes, "trials": trials, "greedy": opts.greedy, **figures}
+
+
+EXPERIMENTS.update(
+    {
+        name: Experiment(
+            name=name,
+            description=rl2.DESCRIPTIONS[defaults["task"]],
+            config_cls=rl2.RL2Config,
+            make_learner=rl2.RL2Learner,
+            add_eval_args=_rl2_bandit_eval_args
+            if defaults["task"] == "bandit"
+            else _rl2_mdp_eval_args,
+            evaluate=_rl2_evaluate,
+            defaults=defaults,
+        )
+        for name, defaults in rl2.EXPERIMENTS.items()
     }
 )
 

@@ -1,10 +1,11 @@
 """The training loop every experiment shares: progress bar, checkpoints, resume, NaN guard.
 
 An experiment provides a *learner*: an object with ``step(step_index) -> loss tensor``,
-``state_dict()``, ``load_state_dict(state)`` and ``parameters()``. :func:`train` runs it for
-``config.steps`` steps or until a time budget runs out, saving a checkpoint every
-``checkpoint_every`` seconds, so an interrupted run (a Colab disconnect, Ctrl-C) loses at most
-that much and continues with ``resume=True`` exactly where it stopped.
+``state_dict()``, ``load_state_dict(state)`` and ``parameters()``, and optionally
+``metrics() -> dict`` of figures added to each log line (e.g. RL²'s mean trial return).
+:func:`train` runs it for ``config.steps`` steps or until a time budget runs out, saving a
+checkpoint every ``checkpoint_every`` seconds, so an interrupted run (a Colab disconnect,
+Ctrl-C) loses at most that much and continues with ``resume=True`` exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 CHECKPOINT = "checkpoint.pt"
+SHOWN_METRICS = ("trial_return",)  # learner metrics also shown on the progress bar
 
 
 class TrainingDiverged(FloatingPointError):
@@ -175,12 +177,12 @@ def train(
                     if not math.isfinite(last_loss):
                         raise TrainingDiverged(_diverged_message(step, ckpt))
                     elapsed = base_seconds + time.perf_counter() - t0
-                    log.write(
-                        json.dumps({"step": step, "loss": last_loss, "seconds": round(elapsed, 3)})
-                        + "\n"
-                    )
+                    extra = learner.metrics() if hasattr(learner, "metrics") else {}
+                    line = {"step": step, "loss": last_loss, "seconds": round(elapsed, 3)}
+                    log.write(json.dumps({**line, **extra}) + "\n")
                     log.flush()
-                    bar.set_postfix(loss=f"{last_loss:.4g}")
+                    shown = {k: f"{v:.4g}" for k, v in extra.items() if k in SHOWN_METRICS}
+                    bar.set_postfix(loss=f"{last_loss:.4g}", **shown)
                     loss_sum.zero_()
                     loss_count = 0
                 if time.perf_counter() - last_save >= config.checkpoint_every:

@@ -1,0 +1,38 @@
+"""Meta-RL task families as Gymnasium environments, each with a batched tensor version.
+
+Importing this package registers the single environments with Gymnasium:
+
+- ``mlcourse/BernoulliBandit-v0`` (:class:`BernoulliBanditEnv`, options ``num_arms``,
+  ``num_pulls``),
+- ``mlcourse/TabularMDP-v0`` (:class:`TabularMDPEnv`, options ``num_states``, ``num_actions``,
+  ``episode_length``, ``num_episodes``).
+
+Example:
+    >>> import gymnasium as gym
+    >>> import mlcourse.envs
+    >>> env = gym.make("mlcourse/BernoulliBandit-v0", num_arms=5, num_pulls=10)
+    >>> env.action_space
+    Discrete(5)
+"""
+
+import gymnasium as gym
+
+from mlcourse.envs.bandit import BernoulliBanditEnv, BernoulliBanditVectorEnv
+from mlcourse.envs.tabular_mdp import TabularMDPEnv, TabularMDPVectorEnv
+
+ENV_IDS = {
+    "mlcourse/BernoulliBandit-v0": "mlcourse.envs.bandit:BernoulliBanditEnv",
+    "mlcourse/TabularMDP-v0": "mlcourse.envs.tabular_mdp:TabularMDPEnv",
+}
+
+for _id, _entry_point in ENV_IDS.items():
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point=_entry_point, disable_env_checker=False)
+
+__all__ = [
+    "ENV_IDS",
+    "BernoulliBanditEnv",
+    "BernoulliBanditVectorEnv",
+    "TabularMDPEnv",
+    "TabularMDPVectorEnv",
+]

@@ -1,0 +1,38 @@
+"""Helpers shared by the batched (tensor) environments."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def seeded_generator(device: torch.device, seed: int | None) -> torch.Generator:
+    """A generator on ``device``, seeded with ``seed`` (or from fresh entropy if None)."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(seed))
+    return generator
+
+
+def as_actions(actions, num_envs: int, num_actions: int, device: torch.device) -> Tensor:
+    """Checks a batch of discrete actions and returns it as a ``(num_envs,)`` int64 tensor."""
+    if isinstance(actions, np.ndarray):
+        actions = torch.from_numpy(actions)
+    actions = torch.as_tensor(actions, device=device)
+    if actions.shape != (num_envs,):
+        raise ValueError(
+            f"actions has shape {tuple(actions.shape)}; expected ({num_envs},), one action per "
+            "environment"
+        )
+    if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool:
+        raise TypeError(f"actions must be integers, got {actions.dtype}")
+    actions = actions.long()
+    if actions.numel() and (actions.min() < 0 or actions.max() >= num_actions):
+        raise ValueError(
+            f"actions must lie in 0..{num_actions - 1}, got values from {int(actions.min())} "
+            f"to {int(actions.max())}"
+        )
+    return actions

@@ -1,0 +1,1 @@
+"""Reinforcement-learning building blocks of the meta-RL lessons (05 onwards)."""

@@ -1,0 +1,483 @@
+"""RL² (Duan et al., 2016): a recurrent policy whose hidden state is the learning algorithm.
+
+The policy is a GRU that reads, at every step, the observation, the previous action, the
+previous reward and a flag saying that the previous step ended an episode. Its hidden state is
+reset at the start of each *trial* (a new task) and kept across the episodes of the trial, so
+whatever it learns about the task it must carry in that state. The GRU's weights are trained
+with PPO across many trials in parallel, with advantages computed over whole trials (GAE):
+the "slow" RL algorithm trains a "fast" one. Introduced in lesson 06
+(``notebooks/06_rl2.ipynb``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mlcourse.envs import BernoulliBanditVectorEnv, TabularMDPVectorEnv
+from mlcourse.rl.bandits import mean_and_stderr
+from mlcourse.rl.ppo import ppo_clip_loss
+from mlcourse.rl.returns import gae
+from mlcourse.training import make_adam
+
+TASKS = ("bandit", "mdp")
+EVAL_SEED = 20_161_109  # held-out tasks: a generator no training run uses
+
+
+def _opt(default, text):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class RL2Config:
+    """Hyperparameters of an RL² run (each is a ``mlcourse train`` option)."""
+
+    task: str = _opt("bandit", f"task family: one of {', '.join(TASKS)}")
+    seed: int = _opt(0, "seed of the initialisation, the tasks and the action sampling")
+    steps: int = _opt(2000, "PPO iterations (each: collect a batch of trials, then update)")
+    num_arms: int = _opt(5, "bandit: arms (k)")
+    num_pulls: int = _opt(10, "bandit: pulls per trial (n)")
+    num_states: int = _opt(10, "MDP: states")
+    num_actions: int = _opt(5, "MDP: actions")
+    episode_length: int = _opt(10, "MDP: steps per episode")
+    num_episodes: int = _opt(10, "MDP: episodes per trial (n)")
+    trials_per_step: int = _opt(256, "trials collected in parallel per PPO iteration")
+    hidden_size: int = _opt(256, "GRU units")
+    lr: float = _opt(1e-3, "Adam step size")
+    gamma: float = _opt(0.99, "discount factor")
+    lam: float = _opt(0.3, "GAE λ")
+    clip: float = _opt(0.2, "PPO clipping ε")
+    epochs: int = _opt(4, "PPO epochs per batch")
+    minibatches: int = _opt(4, "minibatches (of whole trials) per epoch")
+    entropy_coef: float = _opt(0.01, "entropy bonus at the start")
+    entropy_decay_steps: int = _opt(2000, "iterations over which the bonus decays linearly to 0")
+    value_coef: float = _opt(0.5, "weight of the value loss")
+    max_grad_norm: float = _opt(1.0, "gradient clipping (global norm)")
+    checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
+    log_every: int = _opt(10, "iterations between log lines")
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        for name in (
+            "steps",
+            "num_arms",
+            "num_pulls",
+            "num_states",
+            "num_actions",
+            "episode_length",
+            "num_episodes",
+            "trials_per_step",
+            "entropy_decay_steps",
+            "hidden_size",
+            "epochs",
+            "minibatches",
+            "log_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.minibatches > self.trials_per_step:
+            raise ValueError("minibatches cannot exceed trials_per_step")
+
+    @property
+    def trial_length(self) -> int:
+        if self.task == "bandit":
+            return self.num_pulls
+        return self.episode_length * self.num_episodes
+
+    @property
+    def obs_size(self) -> int:
+        return 1 if self.task == "bandit" else self.num_states
+
+    @property
+    def action_size(self) -> int:
+        return self.num_arms if self.task == "bandit" else self.num_actions
+
+
+EXPERIMENTS: dict[str, dict] = {
+    "rl2-bandit": {"task": "bandit"},
+    "rl2-mdp": {"task": "mdp"},
+}
+DESCRIPTIONS = {
+    "bandit": "RL² (GRU + PPO over trials) on Bernoulli bandits",
+    "mdp": "RL² (GRU + PPO over trials) on random tabular MDPs",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The recurrent policy
+
+
+def rl2_inputs(
+    obs: Tensor,
+    prev_action: Tensor,
+    prev_reward: Tensor,
+    prev_done: Tensor,
+    *,
+    num_states: int,
+    num_actions: int,
+) -> Tensor:
+    """What the RL² policy reads at one step, for a batch of trials.
+
+    ``[one_hot(obs), one_hot(prev_action), prev_reward, prev_done]``, where a ``prev_action``
+    of −1 (the first step of a trial: nothing was done yet) gives an all-zero one-hot.
+
+    Args:
+        obs: ``(num_trials,)`` int64 states.
+        prev_action: ``(num_trials,)`` int64, −1 at the start of a trial.
+        prev_reward: ``(num_trials,)`` float, 0 at the start of a trial.
+        prev_done: ``(num_trials,)`` bool or float: the previous step ended an episode.
+        num_states: size of the observation one-hot.
+        num_actions: size of the action one-hot.
+
+    Returns:
+        ``(num_trials, num_states + num_actions + 2)`` float32.
+
+    Example:
+        >>> x = rl2_inputs(torch.tensor([0]), torch.tensor([2]), torch.tensor([1.0]),
+        ...                torch.tensor([False]), num_states=1, num_actions=3)
+        >>> x.tolist()
+        [[1.0, 0.0, 0.0, 1.0, 1.0, 0.0]]
+    """
+    state = F.one_hot(obs.long(), num_states).float()
+    action = F.one_hot(prev_action.long().clamp(min=0), num_actions).float()
+    action = action * (prev_action >= 0).float()[:, None]
+    return torch.cat([state, action, prev_reward.float()[:, None], prev_done.float()[:, None]], 1)
+
+
+class RL2Policy(nn.Module):
+    """A GRU over the RL² inputs, with a policy head and a value head.
+
+    Args:
+        num_states: observation one-hot size (1 for bandits).
+        num_actions: number of actions.
+        hidden_size: GRU units (256 in the course's runs).
+
+    Example:
+        >>> policy = RL2Policy(num_states=1, num_actions=5, hidden_size=16)
+        >>> logits, values, features, hidden = policy(torch.zeros(7, 3, policy.input_size))
+        >>> logits.shape, values.shape, hidden.shape
+        (torch.Size([7, 3, 5]), torch.Size([7, 3]), torch.Size([1, 3, 16]))
+    """
+
+    def __init__(self, num_states: int, num_actions: int, hidden_size: int = 256):
+        super().__init__()
+        self.num_states, self.num_actions, self.hidden_size = num_states, num_actions, hidden_size
+        self.input_size = num_states + num_actions + 2
+        self.gru = nn.GRU(self.input_size, hidden_size)
+        self.policy_head = nn.Linear(hidden_size, num_actions)
+        self.value_head = nn.Linear(hidden_size, 1)
+        with torch.no_grad():  # start close to uniform, as is usual for PPO
+            self.policy_head.weight.mul_(0.01)
+            self.policy_head.bias.zero_()
+
+    def initial_state(self, num_trials: int, device=None) -> Tensor:
+        """The hidden state at the start of a trial: zeros, ``(1, num_trials, hidden_size)``."""
+        dtype = self.gru.weight_hh_l0.dtype
+        return torch.zeros(1, num_trials, self.hidden_size, device=device, dtype=dtype)
+
+    def forward(self, inputs: Tensor, hidden: Tensor | None = None):
+        """Runs the GRU over ``inputs`` ``(T, num_trials, input_size)`` from ``hidden``
+        (default: the start of a trial).
+
+        Returns:
+            ``logits`` ``(T, num_trials, num_actions)``, ``values`` ``(T, num_trials)``,
+            ``features`` ``(T, num_trials, hidden_size)`` (the hidden state after each step)
+            and the final ``hidden`` ``(1, num_trials, hidden_size)``.
+        """
+        if inputs.dim() != 3 or inputs.shape[-1] != self.input_size:
+            raise ValueError(
+                f"inputs has shape {tuple(inputs.shape)}; expected (T, num_trials, "
+                f"{self.input_size}) built with rl2_inputs"
+            )
+        if hidden is None:
+            hidden = self.initial_state(inputs.shape[1], inputs.device)
+        features, hidden = self.gru(inputs, hidden)
+        return self.policy_head(features), self.value_head(features).squeeze(-1), features, hidden
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials
+
+
+@dataclass
+class Trials:
+    """A batch of whole trials, time first.
+
+    Attributes:
+        inputs: ``(T, N, input_size)`` what the policy read.
+        actions: ``(T, N)`` int64.
+        logp: ``(T, N)`` log-probabilities of the actions when they were taken.
+        values: ``(T, N)`` value estimates then.
+        rewards: ``(T, N)``.
+        features: ``(T, N, hidden_size)`` hidden states (only with ``record_features``).
+        task: the tasks of the batch (``probs``, or ``reward_means`` and ``transitions``).
+    """
+
+    inputs: Tensor
+    actions: Tensor
+    logp: Tensor
+    values: Tensor
+    rewards: Tensor
+    features: Tensor | None = None
+    task: dict = field(default_factory=dict)
+
+    @property
+    def returns(self) -> Tensor:
+        """``(N,)`` total reward of each trial."""
+        return self.rewards.sum(0)
+
+
+def make_envs(config: RL2Config, num_trials: int, device=None):
+    """The batched environment of ``config``'s task family, ``num_trials`` wide."""
+    if config.task == "bandit":
+        return BernoulliBanditVectorEnv(
+            num_trials, config.num_arms, config.num_pulls, device=device
+        )
+    return TabularMDPVectorEnv(
+        num_trials,
+        config.num_states,
+        config.num_actions,
+        config.episode_length,
+        config.num_episodes,
+        device=device,
+    )
+
+
+@torch.no_grad()
+def run_trials(
+    policy: RL2Policy,
+    envs,
+    *,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+    record_features: bool = False,
+    seed: int | None = None,
+    options: dict | None = None,
+) -> Trials:
+    """Plays one trial in each of ``envs.num_envs`` new tasks, all at once.
+
+    The hidden state starts at zero (a new trial) and is carried across every step of the
+    trial, episode boundaries included.
+
+    Args:
+        policy: the RL² policy.
+        envs: a batched environment (:func:`make_envs`); it is reset here.
+        generator: for sampling actions (on the policy's device).
+        greedy: take the most likely action instead of sampling.
+        record_features: keep the hidden states (for probes).
+        seed, options: passed to ``envs.reset`` (``options`` can fix the tasks).
+
+    Returns:
+        :class:`Trials`.
+    """
+    obs, task = envs.reset(seed=seed, options=options)
+    n, device = envs.num_envs, envs.device
+    length = (
+        envs.num_pulls if hasattr(envs, "num_pulls") else envs.episode_length * envs.num_episodes
+    )
+    hidden = policy.initial_state(n, device)
+    prev_action = torch.full((n,), -1, dtype=torch.long, device=device)
+    prev_reward = torch.zeros(n, device=device)
+    prev_done = torch.zeros(n, dtype=torch.bool, device=device)
+    inputs, actions, logps, values, rewards, features = [], [], [], [], [], []
+    for _ in range(length):
+        x = rl2_inputs(
+            obs,
+            prev_action,
+            prev_reward,
+            prev_done,
+            num_states=policy.num_states,
+            num_actions=policy.num_actions,
+        )
+        logits, value, feature, hidden = policy(x[None], hidden)
+        logp_all = torch.log_softmax(logits[0], -1)
+        if greedy:
+            action = logp_all.argmax(-1)
+        else:
+            action = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+        obs, reward, _, _, info = envs.step(action)
+        inputs.append(x)
+        actions.append(action)
+        logps.append(logp_all.gather(1, action[:, None]).squeeze(1))
+        values.append(value[0])
+        rewards.append(reward)
+        if record_features:
+            features.append(feature[0])
+        prev_action, prev_reward = action, reward
+        prev_done = info.get("episode_end", torch.zeros_like(prev_done))
+    return Trials(
+        inputs=torch.stack(inputs),
+        actions=torch.stack(actions),
+        logp=torch.stack(logps),
+        values=torch.stack(values),
+        rewards=torch.stack(rewards),
+        features=torch.stack(features) if record_features else None,
+        task=task,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO over whole trials
+
+
+def ppo_update(
+    policy: RL2Policy,
+    optimizer: torch.optim.Optimizer,
+    trials: Trials,
+    config: RL2Config,
+    *,
+    entropy_coef: float,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Several epochs of PPO on one batch of trials; minibatches are sets of whole trials,
+    replayed through the GRU from a zero hidden state (exactly as they were collected).
+
+    Returns:
+        Averages over the minibatch updates: ``loss``, ``policy_loss``, ``value_loss``,
+        ``entropy``, ``approx_kl``.
+    """
+    advantages = gae(trials.rewards, trials.values, gamma=config.gamma, lam=config.lam)
+    targets = advantages + trials.values
+    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    n = trials.actions.shape[1]
+    size = math.ceil(n / config.minibatches)
+    totals: dict[str, float] = {}
+    updates = 0
+    for _ in range(config.epochs):
+        order = torch.randperm(
+            n, generator=generator, device=generator.device if generator else None
+        )
+        for start in range(0, n, size):
+            idx = order[start : start + size].to(trials.actions.device)
+            logits, values, _, _ = policy(trials.inputs[:, idx])
+            logp_all = torch.log_softmax(logits, -1)
+            logp = logp_all.gather(2, trials.actions[:, idx, None]).squeeze(2)
+            entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+            policy_loss = ppo_clip_loss(logp, trials.logp[:, idx], advantages[:, idx], config.clip)
+            value_loss = F.mse_loss(values, targets[:, idx])
+            loss = policy_loss + config.value_coef * value_loss - entropy_coef * entropy
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                approx_kl = (trials.logp[:, idx] - logp).mean().item()
+            for key, value in (
+                ("loss", loss.item()),
+                ("policy_loss", policy_loss.item()),
+                ("value_loss", value_loss.item()),
+                ("entropy", entropy.item()),
+                ("approx_kl", approx_kl),
+            ):
+                totals[key] = totals.get(key, 0.0) + value
+            updates += 1
+    return {k: v / updates for k, v in totals.items()}
+
+
+class RL2Learner:
+    """Policy, optimizer, environments and generators of one RL² run (see
+    :mod:`mlcourse.training` for the learner protocol).
+
+    Args:
+        config: the run's :class:`RL2Config`.
+        device: where the policy and the environments live.
+    """
+
+    def __init__(self, config: RL2Config, device: torch.device | str = "cpu"):
+        self.config = config
+        self.device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.policy = RL2Policy(config.obs_size, config.action_size, config.hidden_size)
+        self.policy.to(self.device)
+        self.optimizer = make_adam(self.policy.parameters(), lr=config.lr)
+        self.envs = make_envs(config, config.trials_per_step, self.device)
+        self.envs.reset(seed=config.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self._returns: list[float] = []
+        self.last_stats: dict[str, float] = {}
+
+    def parameters(self):
+        return self.policy.parameters()
+
+    def entropy_coef(self, step: int) -> float:
+        decay = self.config.entropy_decay_steps
+        return self.config.entropy_coef * max(0.0, 1.0 - step / decay)
+
+    def step(self, step: int) -> Tensor:
+        """One PPO iteration: a batch of fresh trials, then the update. Returns the loss."""
+        self.policy.eval()
+        trials = run_trials(self.policy, self.envs, generator=self.generator)
+        self.policy.train()
+        stats = ppo_update(
+            self.policy,
+            self.optimizer,
+            trials,
+            self.config,
+            entropy_coef=self.entropy_coef(step),
+            generator=self.generator,
+        )
+        self._returns.append(trials.returns.mean().item())
+        self.last_stats = stats
+        return torch.tensor(stats["loss"])
+
+    def metrics(self) -> dict[str, float]:
+        """Mean trial return of the training batches since the last call, and the last
+        update's statistics (logged by :func:`mlcourse.training.train`)."""
+        out = {"trial_return": sum(self._returns) / max(len(self._returns), 1)}
+        self._returns = []
+        out.update({k: round(v, 5) for k, v in self.last_stats.items() if k != "loss"})
+        return out
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "env_generator": self.envs.generator.get_state(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.envs.generator.set_state(state["env_generator"])
+        self.generator.set_state(state["generator"])
+
+
+def evaluate(
+    policy: RL2Policy,
+    config: RL2Config,
+    *,
+    num_trials: int = 1000,
+    seed: int = EVAL_SEED,
+    greedy: bool = False,
+    batch_size: int = 2000,
+    device=None,
+) -> dict[str, float]:
+    """Mean and standard error of the trial return on ``num_trials`` held-out tasks.
+
+    The tasks (and the action sampling) come from ``seed``, so every evaluation with the same
+    settings sees the same tasks. ``config`` sets the task family and its sizes (which may
+    differ from training, e.g. more pulls).
+    """
+    device = torch.device(device) if device is not None else next(policy.parameters()).device
+    if config.action_size != policy.num_actions or config.obs_size != policy.num_states:
+        raise ValueError(
+            f"this policy was trained with {policy.num_actions} actions and {policy.num_states} "
+            f"observations; the evaluation asks for {config.action_size} and {config.obs_size}. "
+            "Evaluate with the task sizes the policy was trained on (the number of pulls or "
+            "episodes may differ), or train a policy for these sizes."
+        )
+    generator = torch.Generator(device=device).manual_seed(seed + 1)
+    returns = []
+    for i, start in enumerate(range(0, num_trials, batch_size)):
+        count = min(batch_size, num_trials - start)
+        envs = make_envs(config, count, device)
+        trials = run_trials(policy, envs, generator=generator, greedy=greedy, seed=seed + i)
+        returns.append(trials.returns)
+    return mean_and_stderr(torch.cat(returns))
