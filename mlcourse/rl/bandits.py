@@ -233,7 +233,7 @@ class FiniteHorizonGittins:
         (torch.Size([6, 6, 6]), 0.5)
     """
 
-    def __init__(self, num_pulls: int, grid: int = 1001):
+    def __init__(self, num_pulls: int, grid: int = 501):
         self.num_pulls = num_pulls
         self.table = _gittins_table(num_pulls, grid)  # (h, s, f), float64
 
