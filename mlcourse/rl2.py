@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from mlcourse.rl.returns import gae
 from mlcourse.training import make_adam
 
 TASKS = ("bandit", "mdp")
+VALUE_SCALE_RATE = 0.1  # how fast the value head's scale follows the spread of its targets
 EVAL_SEED = 20_161_109  # held-out tasks: a generator no training run uses
 
 
@@ -55,6 +57,7 @@ class RL2Config:
     minibatches: int = _opt(4, "minibatches (of whole trials) per epoch")
     entropy_coef: float = _opt(0.01, "entropy bonus at the start")
     entropy_decay_steps: int = _opt(2000, "iterations over which the bonus decays linearly to 0")
+    anneal_lr: bool = _opt(False, "also decay the step size linearly to a tenth over them")
     value_coef: float = _opt(0.5, "weight of the value loss")
     max_grad_norm: float = _opt(1.0, "gradient clipping (global norm)")
     checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
@@ -174,6 +177,10 @@ class RL2Policy(nn.Module):
         with torch.no_grad():  # start close to uniform, as is usual for PPO
             self.policy_head.weight.mul_(0.01)
             self.policy_head.bias.zero_()
+        # The value head predicts value / value_scale; training keeps value_scale near the
+        # spread of the value targets, so the value loss (and its gradient) stays of order 1
+        # whether a trial's return is 5 or 500.
+        self.register_buffer("value_scale", torch.ones(()))
 
     def initial_state(self, num_trials: int, device=None) -> Tensor:
         """The hidden state at the start of a trial: zeros, ``(1, num_trials, hidden_size)``."""
@@ -197,7 +204,8 @@ class RL2Policy(nn.Module):
         if hidden is None:
             hidden = self.initial_state(inputs.shape[1], inputs.device)
         features, hidden = self.gru(inputs, hidden)
-        return self.policy_head(features), self.value_head(features).squeeze(-1), features, hidden
+        values = self.value_head(features).squeeze(-1) * self.value_scale
+        return self.policy_head(features), values, features, hidden
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +367,8 @@ def ppo_update(
             logp = logp_all.gather(2, trials.actions[:, idx, None]).squeeze(2)
             entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
             policy_loss = ppo_clip_loss(logp, trials.logp[:, idx], advantages[:, idx], config.clip)
-            value_loss = F.mse_loss(values, targets[:, idx])
+            scale = policy.value_scale
+            value_loss = F.mse_loss(values / scale, targets[:, idx] / scale)
             loss = policy_loss + config.value_coef * value_loss - entropy_coef * entropy
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -376,6 +385,13 @@ def ppo_update(
             ):
                 totals[key] = totals.get(key, 0.0) + value
             updates += 1
+    with torch.no_grad():  # follow the spread of the value targets, slowly, ...
+        old = policy.value_scale.clone()
+        spread = targets.std().clamp(min=1e-3)
+        policy.value_scale.mul_(1 - VALUE_SCALE_RATE).add_(VALUE_SCALE_RATE * spread)
+        # ... rescaling the head so that the values it predicts do not jump (as in PopArt).
+        policy.value_head.weight.mul_(old / policy.value_scale)
+        policy.value_head.bias.mul_(old / policy.value_scale)
     return {k: v / updates for k, v in totals.items()}
 
 
@@ -409,8 +425,16 @@ class RL2Learner:
         decay = self.config.entropy_decay_steps
         return self.config.entropy_coef * max(0.0, 1.0 - step / decay)
 
+    def lr(self, step: int) -> float:
+        if not self.config.anneal_lr:
+            return self.config.lr
+        progress = min(1.0, step / self.config.entropy_decay_steps)
+        return self.config.lr * (1.0 - 0.9 * progress)
+
     def step(self, step: int) -> Tensor:
         """One PPO iteration: a batch of fresh trials, then the update. Returns the loss."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr(step)
         self.policy.eval()
         trials = run_trials(self.policy, self.envs, generator=self.generator)
         self.policy.train()
@@ -456,14 +480,14 @@ def evaluate(
     num_trials: int = 1000,
     seed: int = EVAL_SEED,
     greedy: bool = False,
-    batch_size: int = 2000,
     device=None,
 ) -> dict[str, float]:
     """Mean and standard error of the trial return on ``num_trials`` held-out tasks.
 
-    The tasks (and the action sampling) come from ``seed``, so every evaluation with the same
-    settings sees the same tasks. ``config`` sets the task family and its sizes (which may
-    differ from training, e.g. more pulls).
+    The tasks come from one reset of the batched environment with ``seed`` (the same tasks as
+    :func:`mlcourse.rl.bandits.bandit_returns` and :func:`mlcourse.rl.mdps.mdp_returns` with
+    that seed), and the action sampling from a generator seeded with ``seed + 1``. ``config``
+    sets the task family and its sizes, which may differ from training (e.g. more pulls).
     """
     device = torch.device(device) if device is not None else next(policy.parameters()).device
     if config.action_size != policy.num_actions or config.obs_size != policy.num_states:
@@ -474,10 +498,63 @@ def evaluate(
             "episodes may differ), or train a policy for these sizes."
         )
     generator = torch.Generator(device=device).manual_seed(seed + 1)
-    returns = []
-    for i, start in enumerate(range(0, num_trials, batch_size)):
-        count = min(batch_size, num_trials - start)
-        envs = make_envs(config, count, device)
-        trials = run_trials(policy, envs, generator=generator, greedy=greedy, seed=seed + i)
-        returns.append(trials.returns)
-    return mean_and_stderr(torch.cat(returns))
+    envs = make_envs(config, num_trials, device)
+    trials = run_trials(policy, envs, generator=generator, greedy=greedy, seed=seed)
+    return mean_and_stderr(trials.returns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretrained agents shipped with the course
+
+PRETRAINED_DIR = "pretrained"
+
+
+def export_pretrained(run: str | Path, path: str | Path, note: str = "") -> dict:
+    """Writes the policy of a training run (``mlcourse train rl2-... --out RUN``) as a small
+    file that :func:`load_pretrained` reads: the config, the policy's weights, and how it was
+    trained. Returns what was written, without the weights."""
+    from mlcourse.training import load_checkpoint
+
+    state = load_checkpoint(run, "cpu")
+    if state["experiment"] not in EXPERIMENTS:
+        raise ValueError(f"{run} holds a '{state['experiment']}' run, not an RL² one")
+    info = {
+        "experiment": state["experiment"],
+        "config": state["config"],
+        "steps": state["step"],
+        "seconds": round(state["seconds"], 1),
+        "note": note,
+    }
+    torch.save({**info, "policy": state["learner"]["policy"]}, path)
+    return info
+
+
+def available_pretrained() -> list[str]:
+    """Names of the agents shipped in ``mlcourse/pretrained/``."""
+    from importlib.resources import files
+
+    folder = files("mlcourse") / PRETRAINED_DIR
+    return sorted(p.name[:-3] for p in folder.iterdir() if p.name.endswith(".pt"))
+
+
+def load_pretrained(name: str, device=None) -> tuple[RL2Policy, RL2Config, dict]:
+    """A shipped RL² agent: ``(policy, config, info)``; ``info`` says how it was trained.
+
+    Example:
+        >>> policy, config, info = load_pretrained("rl2-bandit-k5-n10")
+        >>> config.num_arms, config.num_pulls, policy.hidden_size
+        (5, 10, 256)
+    """
+    from importlib.resources import as_file, files
+
+    names = available_pretrained()
+    if name not in names:
+        raise KeyError(f"no pretrained agent {name!r}; the course ships {names}")
+    with as_file(files("mlcourse") / PRETRAINED_DIR / f"{name}.pt") as path:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    config = RL2Config(**saved["config"])
+    policy = RL2Policy(config.obs_size, config.action_size, config.hidden_size)
+    policy.load_state_dict(saved["policy"])
+    policy.eval()
+    info = {k: v for k, v in saved.items() if k != "policy"}
+    return policy.to(device) if device is not None else policy, config, info

@@ -122,6 +122,17 @@ def test_train_help_lists_the_experiment_options(capsys):
     assert "--meta-lr" in out and "--inner-lr" in out and "--max-seconds" in out
 
 
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_every_experiments_help_prints(command, capsys):
+    from mlcourse.experiments import EXPERIMENTS
+
+    for name in EXPERIMENTS:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, name, "--help"])
+        assert exit_info.value.code == 0, name
+        assert name in capsys.readouterr().out
+
+
 def test_bench_json(capsys):
     code, out, _ = run(capsys, "bench", "maml-sine", "--iters", "2", "--rounds", "2", "--json")
     assert code == 0
