@@ -49,3 +49,100 @@ def interact(draw: Callable[..., object], *, static: bool = True, **controls):
     box = widgets.VBox([*controls.values(), image])
     display(box)
     return box
+
+
+def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0):
+    """Play a Bernoulli bandit against an RL² agent: one button per arm. Lesson 06.
+
+    Each click pulls an arm of the current bandit for you; the agent plays the same bandit (its
+    own trial, drawn from the same random stream) and both histories are redrawn: pulls as
+    coloured marks (a dot where the pull paid), scores in the title. "new bandit" draws another
+    one; after ``num_pulls`` pulls the true probabilities are revealed. Shows the agent's trial
+    as a plain image first (the static fallback).
+
+    Args:
+        policy: an :class:`mlcourse.rl2.RL2Policy` trained on ``num_arms`` arms.
+        num_arms, num_pulls: the bandit's size.
+        seed: the first bandit's seed (then seed + 1, ...).
+
+    Returns:
+        The ``ipywidgets.VBox`` (its ``.game`` attribute holds the state, for tests).
+    """
+    import ipywidgets as widgets
+    import torch
+    from IPython.display import Image, display
+
+    from mlcourse import rl2
+    from mlcourse.envs import BernoulliBanditVectorEnv
+
+    game: dict = {}
+
+    def new_bandit(bandit_seed: int) -> None:
+        env = BernoulliBanditVectorEnv(1, num_arms, num_pulls)
+        agent = rl2.run_trials(
+            policy, env, seed=bandit_seed, generator=torch.Generator().manual_seed(bandit_seed)
+        )
+        mine = BernoulliBanditVectorEnv(1, num_arms, num_pulls)
+        mine.reset(seed=bandit_seed, options={"probs": agent.task["probs"]})
+        game.update(seed=bandit_seed, agent=agent, env=mine, pulls=[], rewards=[])
+
+    def figure():
+        agent, pulls = game["agent"], game["pulls"]
+        fig, ax = plt.subplots(figsize=(7, 2.2))
+        shown = len(pulls) if len(pulls) < num_pulls else num_pulls
+        for row, arms, paid in (
+            (1, pulls, game["rewards"]),
+            (0, agent.actions[:shown, 0].tolist(), agent.rewards[:shown, 0].tolist()),
+        ):
+            for t, (arm, r) in enumerate(zip(arms, paid, strict=True)):
+                ax.scatter(t, row, s=160, color=f"C{arm}", marker="o" if r else "x")
+                ax.annotate(
+                    str(arm),
+                    (t, row),
+                    textcoords="offset points",
+                    xytext=(0, 9),
+                    ha="center",
+                    fontsize=7,
+                )
+        done = len(pulls) >= num_pulls
+        title = f"you {int(sum(game['rewards']))} – agent {int(agent.rewards[:shown, 0].sum())}"
+        if done:
+            title += f"   (probabilities: {agent.task['probs'][0].numpy().round(2)})"
+        ax.set(
+            yticks=[0, 1],
+            yticklabels=["agent", "you"],
+            xlim=(-0.5, num_pulls - 0.5),
+            ylim=(-0.6, 1.6),
+            xlabel="pull",
+            title=title,
+        )
+        return fig
+
+    new_bandit(seed)
+    display(Image(_png(figure())))
+    image = widgets.Image(format="png", value=_png(figure()))
+    image.layout.max_width = "720px"
+
+    def pull(arm: int) -> None:
+        if len(game["pulls"]) >= num_pulls:
+            return
+        _, reward, *_ = game["env"].step(torch.tensor([arm]))
+        game["pulls"].append(arm)
+        game["rewards"].append(float(reward.item()))
+        image.value = _png(figure())
+
+    def restart(_button=None) -> None:
+        new_bandit(game["seed"] + 1)
+        image.value = _png(figure())
+
+    buttons = []
+    for arm in range(num_arms):
+        button = widgets.Button(description=f"arm {arm}", layout=widgets.Layout(width="80px"))
+        button.on_click(lambda _b, arm=arm: pull(arm))
+        buttons.append(button)
+    again = widgets.Button(description="new bandit")
+    again.on_click(restart)
+    box = widgets.VBox([widgets.HBox([*buttons, again]), image])
+    box.game = game
+    display(box)
+    return box

@@ -247,3 +247,20 @@ def test_baselines_commands(capsys):
     assert main(argv) == 0
     result = one_json(capsys.readouterr().out)
     assert set(result) == {"random", "greedy", "epsilon_greedy", "psrl", "beb"}
+
+
+def test_bandit_duel_widget_plays_a_trial_against_the_agent():
+    from mlcourse.widgets import bandit_duel
+
+    policy = rl2.RL2Policy(num_states=1, num_actions=3, hidden_size=8)
+    box = bandit_duel(policy, num_arms=3, num_pulls=4, seed=5)
+    buttons, image = box.children[0].children, box.children[1]
+    first = image.value
+    for arm in (0, 2, 2, 1, 1):  # the fifth pull is past the trial's end: ignored
+        buttons[arm].click()
+    game = box.game
+    assert game["pulls"] == [0, 2, 2, 1] and len(game["rewards"]) == 4
+    assert set(game["rewards"]) <= {0.0, 1.0} and image.value != first
+    assert game["agent"].actions.shape == (4, 1)
+    buttons[-1].click()  # new bandit
+    assert box.game["seed"] == 6 and box.game["pulls"] == []
