@@ -264,3 +264,20 @@ def test_bandit_duel_widget_plays_a_trial_against_the_agent():
     assert game["agent"].actions.shape == (4, 1)
     buttons[-1].click()  # new bandit
     assert box.game["seed"] == 6 and box.game["pulls"] == []
+
+
+def test_export_and_the_shipped_agents(tmp_path):
+    from mlcourse.experiments import run_training
+
+    small = dataclasses.asdict(small_config(steps=2))
+    small.pop("task")
+    run_training("rl2-bandit", tmp_path / "run", overrides=small, progress=False)
+    info = rl2.export_pretrained(tmp_path / "run", tmp_path / "agent.pt", note="test")
+    saved = torch.load(tmp_path / "agent.pt", weights_only=False)
+    assert info["steps"] == 2 and saved["config"]["num_arms"] == 3 and "policy" in saved
+    assert "rl2-bandit-k5-n10" in rl2.available_pretrained()
+    for name in rl2.available_pretrained():
+        policy, config, meta = rl2.load_pretrained(name)
+        assert policy.num_actions == config.action_size and meta["steps"] > 0
+    with pytest.raises(KeyError, match="ships"):
+        rl2.load_pretrained("no-such-agent")
