@@ -24,6 +24,7 @@ PACKAGES = (
     "pytest",
 )
 MIN_TORCH = (2, 4)
+SMALL_MACHINE_CORES = 4  # up to this many cores, several torch threads tend to hurt
 
 
 def _version(name: str) -> str | None:
@@ -79,7 +80,15 @@ def report() -> dict:
             "no GPU: everything runs on the CPU. Lessons are sized for it; the full "
             "paper reproductions in the README take longer than on a GPU."
         )
-    if (os.cpu_count() or 1) < 2:
+    cores = os.cpu_count() or 1
+    if device["type"] == "cpu" and cores <= SMALL_MACHINE_CORES and torch.get_num_threads() > 1:
+        warnings.append(
+            f"torch uses {torch.get_num_threads()} threads on {cores} cores: the course's small "
+            "networks train fastest on one thread, and several threads on a small shared "
+            "machine can slow training many times over. Run `mlcourse train` with "
+            "OMP_NUM_THREADS=1 (the lessons call torch.set_num_threads(1) themselves)."
+        )
+    if cores < 2:
         warnings.append("only one CPU core: training in the lessons will be about twice as slow")
     if not widgets["will_render"]:
         what = "ipywidgets" if not widgets["ipywidgets"] else "jupyterlab_widgets"

@@ -42,6 +42,19 @@ def test_doctor_text(capsys):
     assert code == 0 and "device" in out and "torch" in out
 
 
+def test_doctor_warns_about_threads_on_a_small_cpu(monkeypatch):
+    import torch
+
+    from mlcourse import doctor
+
+    monkeypatch.setattr(doctor, "_device", lambda: {"type": "cpu", "name": "test"})
+    monkeypatch.setattr(doctor.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert any("OMP_NUM_THREADS=1" in w for w in doctor.report()["warnings"])
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert not any("OMP_NUM_THREADS=1" in w for w in doctor.report()["warnings"])
+
+
 def test_train_then_eval(tmp_path, capsys):
     out_dir = str(tmp_path / "run")
     code, out, _ = run(
