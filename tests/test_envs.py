@@ -11,6 +11,8 @@ import mlcourse.envs
 from mlcourse.envs import (
     BernoulliBanditEnv,
     BernoulliBanditVectorEnv,
+    Navigation2DEnv,
+    Navigation2DVectorEnv,
     TabularMDPEnv,
     TabularMDPVectorEnv,
 )
@@ -257,3 +259,77 @@ def test_batched_envs_run_on_cuda():
         obs, _ = envs.reset(seed=0)
         obs, reward, *_ = envs.step(torch.zeros(4, dtype=torch.long, device="cuda"))
         assert obs.device.type == "cuda" and reward.device.type == "cuda"
+
+
+# ---------------------------------------------------------------------------------------------
+# 2D navigation
+
+
+def test_navigation_clips_velocity_and_rewards_minus_the_distance():
+    env = Navigation2DEnv()
+    obs, info = env.reset(seed=0, options={"goal": (0.25, -0.05)})
+    assert obs.tolist() == [0.0, 0.0] and info["goal"].tolist() == pytest.approx([0.25, -0.05])
+    obs, reward, terminated, truncated, _ = env.step(np.array([0.5, -0.02]))
+    assert obs.tolist() == pytest.approx([0.1, -0.02])
+    assert reward == pytest.approx(-np.hypot(0.15, 0.03), abs=1e-6)
+    assert not terminated and not truncated
+
+
+def test_navigation_terminates_near_the_goal_and_truncates_after_max_steps():
+    env = Navigation2DEnv()
+    env.reset(seed=0, options={"goal": (0.15, 0.0)})
+    assert env.step([0.1, 0.0])[2] is False
+    assert env.step([0.05, 0.0])[2] is True
+    env = Navigation2DEnv(max_steps=3)
+    env.reset(seed=0, options={"goal": (0.4, 0.4)})
+    ends = [env.step([0.0, 0.0])[2:4] for _ in range(3)]
+    assert ends == [(False, False), (False, False), (False, True)]
+
+
+def test_navigation_goals_are_uniform_on_the_square():
+    envs = Navigation2DVectorEnv(20_000)
+    _, info = envs.reset(seed=0)
+    goal = info["goal"]
+    assert goal.min() >= -0.5 and goal.max() <= 0.5
+    assert abs(goal.mean().item()) < 0.005 and abs(goal.var().item() - 1 / 12) < 0.003
+
+
+def test_batched_and_single_navigation_agree_step_for_step():
+    rng = np.random.default_rng(0)
+    goals = rng.uniform(-0.5, 0.5, size=(4, 2)).astype(np.float32)
+    goals[0] = (0.12, 0.0)  # one that is reached, to cover termination
+    batched = Navigation2DVectorEnv(4, max_steps=20)
+    batched.reset(seed=0, options={"goal": torch.from_numpy(goals)})
+    singles = [Navigation2DEnv(max_steps=20) for _ in range(4)]
+    for env, goal in zip(singles, goals, strict=True):
+        env.reset(seed=0, options={"goal": goal})
+    actions = rng.normal(0, 0.1, size=(20, 4, 2)).astype(np.float32)
+    actions[:, 0] = (0.06, 0.0)
+    done = [False] * 4
+    for t in range(20):
+        obs, reward, term, trunc, _ = batched.step(torch.from_numpy(actions[t]))
+        for i, env in enumerate(singles):
+            if done[i]:
+                continue
+            o, r, te, tr, _ = env.step(actions[t, i])
+            assert obs[i].tolist() == o.tolist()
+            assert reward[i].item() == pytest.approx(r, abs=1e-6)
+            assert (term[i].item(), trunc[i].item()) == (te, tr)
+            done[i] = te or tr
+    assert done[0] and all(done)
+
+
+def test_batched_navigation_autoresets_and_rejects_bad_actions():
+    envs = Navigation2DVectorEnv(2, max_steps=2)
+    envs.reset(seed=0, options={"goal": torch.tensor([[0.3, 0.3], [0.3, 0.3]])})
+    zeros = torch.zeros(2, 2)
+    envs.step(zeros)
+    assert envs.step(zeros)[3].tolist() == [True, True]
+    obs, reward, *_ = envs.step(torch.ones(2, 2))  # the reset step: action ignored
+    assert obs.tolist() == [[0.0, 0.0], [0.0, 0.0]] and reward.tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match=r"expected \(2, 2\)"):
+        envs.step(torch.zeros(2))
+    with pytest.raises(ValueError, match="finite"):
+        envs.step(torch.full((2, 2), float("nan")))
+    with pytest.raises(ValueError, match="shape"):
+        Navigation2DEnv().reset(options={"goal": (0.1, 0.2, 0.3)})

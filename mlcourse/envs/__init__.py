@@ -5,7 +5,8 @@ Importing this package registers the single environments with Gymnasium:
 - ``mlcourse/BernoulliBandit-v0`` (:class:`BernoulliBanditEnv`, options ``num_arms``,
   ``num_pulls``),
 - ``mlcourse/TabularMDP-v0`` (:class:`TabularMDPEnv`, options ``num_states``, ``num_actions``,
-  ``episode_length``, ``num_episodes``).
+  ``episode_length``, ``num_episodes``),
+- ``mlcourse/Navigation2D-v0`` (:class:`Navigation2DEnv`, option ``max_steps``).
 
 Example:
     >>> import gymnasium as gym
@@ -18,11 +19,13 @@ Example:
 import gymnasium as gym
 
 from mlcourse.envs.bandit import BernoulliBanditEnv, BernoulliBanditVectorEnv
+from mlcourse.envs.navigation import Navigation2DEnv, Navigation2DVectorEnv
 from mlcourse.envs.tabular_mdp import TabularMDPEnv, TabularMDPVectorEnv
 
 ENV_IDS = {
     "mlcourse/BernoulliBandit-v0": "mlcourse.envs.bandit:BernoulliBanditEnv",
     "mlcourse/TabularMDP-v0": "mlcourse.envs.tabular_mdp:TabularMDPEnv",
+    "mlcourse/Navigation2D-v0": "mlcourse.envs.navigation:Navigation2DEnv",
 }
 
 for _id, _entry_point in ENV_IDS.items():
@@ -33,6 +36,8 @@ __all__ = [
     "ENV_IDS",
     "BernoulliBanditEnv",
     "BernoulliBanditVectorEnv",
+    "Navigation2DEnv",
+    "Navigation2DVectorEnv",
     "TabularMDPEnv",
     "TabularMDPVectorEnv",
 ]
