@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mlcourse import chars, rl2, sine
+from mlcourse import chars, maml_rl, rl2, sine
 from mlcourse.training import default_device, load_checkpoint, make_config, train
 
 
@@ -200,6 +200,52 @@ EXPERIMENTS.update(
             defaults=defaults,
         )
         for name, defaults in rl2.EXPERIMENTS.items()
+    }
+)
+
+
+def _nav_eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inner-steps", type=int, default=3, help="adaptation steps")
+    parser.add_argument("--trajectories", type=int, default=40, help="trajectories per goal")
+    parser.add_argument("--goals", type=int, default=40, help="held-out goals")
+    parser.add_argument(
+        "--untrained",
+        action="store_true",
+        help="evaluate the run's initial parameters instead (the random-initialisation baseline)",
+    )
+    parser.add_argument("--seed", type=int, default=maml_rl.EVAL_SEED, help="seed of the goals")
+
+
+def _nav_evaluate(learner: maml_rl.NavLearner, opts: argparse.Namespace) -> dict:
+    figures = maml_rl.evaluate_learner(
+        learner,
+        inner_steps=opts.inner_steps,
+        num_trajectories=opts.trajectories,
+        num_goals=opts.goals,
+        seed=opts.seed,
+        untrained=opts.untrained,
+    )
+    return {
+        "inner_steps": opts.inner_steps,
+        "trajectories": opts.trajectories,
+        "goals": opts.goals,
+        "untrained": opts.untrained,
+        **figures,
+    }
+
+
+EXPERIMENTS.update(
+    {
+        name: Experiment(
+            name=name,
+            description=maml_rl.DESCRIPTIONS[defaults["algorithm"]],
+            config_cls=maml_rl.NavConfig,
+            make_learner=maml_rl.NavLearner,
+            add_eval_args=_nav_eval_args,
+            evaluate=_nav_evaluate,
+            defaults=defaults,
+        )
+        for name, defaults in maml_rl.EXPERIMENTS.items()
     }
 )
 

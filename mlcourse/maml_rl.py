@@ -19,7 +19,7 @@ Parameters are ``dict[str, Tensor]``; per-goal parameters carry a leading goal d
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -287,3 +287,241 @@ def evaluate(
             )
             per_goal = True
     return returns
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: MAML, first-order MAML, Reptile, and joint pretraining
+
+
+ALGORITHMS = ("maml", "fomaml", "reptile", "pretrain")
+EVAL_SEED = 20_170_309  # held-out goals: a generator no training run uses
+
+
+def _opt(default, text):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class NavConfig:
+    """Hyperparameters of a 2D-navigation meta-RL run (each is a ``mlcourse train`` option)."""
+
+    algorithm: str = _opt("maml", f"one of {', '.join(ALGORITHMS)}")
+    seed: int = _opt(0, "seed of the initialisation, the goals and the action noise")
+    steps: int = _opt(500, "meta-iterations")
+    meta_batch_size: int = _opt(20, "goals per meta-iteration")
+    trajectories: int = _opt(20, "trajectories per goal for each policy-gradient estimate")
+    inner_lr: float = _opt(0.1, "step size of the inner policy-gradient step")
+    gamma: float = _opt(0.99, "discount factor")
+    outer_lr: float = _opt(3e-4, "Adam step size of the outer loop (Reptile: interpolation ε)")
+    epochs: int = _opt(5, "PPO epochs per meta-iteration (MAML, first-order MAML, pretraining)")
+    clip: float = _opt(0.2, "PPO clipping ε")
+    max_grad_norm: float = _opt(1.0, "gradient clipping (global norm)")
+    reptile_inner_steps: int = _opt(3, "Reptile: policy-gradient steps per goal")
+    hidden: str = _opt("100,100", "hidden layer widths, comma separated")
+    checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
+    log_every: int = _opt(5, "iterations between log lines")
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        for name in ("steps", "meta_batch_size", "trajectories", "epochs", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        return tuple(int(h) for h in str(self.hidden).split(",") if h.strip())
+
+
+EXPERIMENTS: dict[str, dict] = {
+    "maml-rl-nav": {"algorithm": "maml"},
+    "fomaml-rl-nav": {"algorithm": "fomaml"},
+    "reptile-rl-nav": {"algorithm": "reptile", "outer_lr": 0.1},
+    "pretrain-nav": {"algorithm": "pretrain"},
+}
+DESCRIPTIONS = {
+    "maml": "MAML for RL (DiCE inner step, PPO outer step) on 2D navigation",
+    "fomaml": "first-order MAML for RL on 2D navigation",
+    "reptile": "Reptile for RL (policy-gradient inner steps) on 2D navigation",
+    "pretrain": "baseline: one policy trained on all goals jointly (PPO), adapted at test time",
+}
+
+
+def sample_goals(num_goals: int, generator: torch.Generator, device=None) -> Tensor:
+    """``(num_goals, 2)`` goals U[−0.5, 0.5]², drawn with ``generator``."""
+    goals = torch.rand(num_goals, 2, generator=generator) - 0.5
+    return goals.to(device) if device is not None else goals
+
+
+class NavLearner:
+    """Policy, optimizer and generators of one 2D-navigation run (the learner protocol of
+    :mod:`mlcourse.training`).
+
+    Args:
+        config: the run's :class:`NavConfig`.
+        device: where the policy and the environments live.
+    """
+
+    def __init__(self, config: NavConfig, device: torch.device | str = "cpu"):
+        from mlcourse.rl.policies import GaussianMLPPolicy
+        from mlcourse.training import make_adam
+
+        self.config = config
+        self.device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.policy = GaussianMLPPolicy(2, 2, config.hidden_sizes)
+        self.policy.to(self.device)
+        self.params = dict(self.policy.named_parameters())
+        self.optimizer = (
+            None
+            if config.algorithm == "reptile"
+            else make_adam(self.policy.parameters(), lr=config.outer_lr)
+        )
+        self.goal_generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self._stats: dict[str, list[float]] = {}
+
+    def parameters(self):
+        return self.policy.parameters()
+
+    def _detached(self) -> Params:
+        return {n: p.detach() for n, p in self.params.items()}
+
+    def _note(self, **figures: float) -> None:
+        for key, value in figures.items():
+            self._stats.setdefault(key, []).append(value)
+
+    def step(self, step: int) -> Tensor:
+        c = self.config
+        goals = sample_goals(c.meta_batch_size, self.goal_generator, self.device)
+        if c.algorithm == "reptile":
+            return self._reptile_step(goals)
+        pre = rollout(
+            self.policy, self._detached(), goals, c.trajectories, generator=self.generator
+        )
+        if c.algorithm == "pretrain":
+            post, params = pre, None
+        else:
+            with torch.no_grad():
+                adapted = adapt(self.policy, self.params, pre, inner_lr=c.inner_lr, gamma=c.gamma)
+            post = rollout(
+                self.policy, adapted, goals, c.trajectories, per_goal=True, generator=self.generator
+            )
+            params = self.params
+        advantages = normalized_advantages(post, c.gamma)
+        for _ in range(c.epochs):
+            if params is None:  # joint training: PPO on the shared policy itself
+                logp = log_prob(self.policy, self.params, post.obs, post.actions)
+                ratio = torch.exp((logp - post.logp) * post.mask)
+                clipped = ratio.clamp(1 - c.clip, 1 + c.clip)
+                surrogate = torch.minimum(ratio * advantages, clipped * advantages) * post.mask
+                loss = -surrogate.sum() / post.mask.sum()
+            else:
+                loss = outer_loss(
+                    self.policy,
+                    params,
+                    pre,
+                    post,
+                    advantages,
+                    inner_lr=c.inner_lr,
+                    clip=c.clip,
+                    gamma=c.gamma,
+                    first_order=c.algorithm == "fomaml",
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
+            self.optimizer.step()
+        self._note(pre_return=pre.returns.mean().item(), post_return=post.returns.mean().item())
+        return loss.detach()
+
+    def _reptile_step(self, goals: Tensor) -> Tensor:
+        c = self.config
+        current, per_goal = self._detached(), False
+        first = None
+        for _ in range(c.reptile_inner_steps):
+            trajectories = rollout(
+                self.policy,
+                current,
+                goals,
+                c.trajectories,
+                per_goal=per_goal,
+                generator=self.generator,
+            )
+            first = trajectories if first is None else first
+            with torch.no_grad():
+                current = adapt(
+                    self.policy,
+                    current,
+                    trajectories,
+                    inner_lr=c.inner_lr,
+                    gamma=c.gamma,
+                    per_goal=per_goal,
+                    first_order=True,
+                )
+            per_goal = True
+        with torch.no_grad():
+            distance = 0.0
+            for name, p in self.params.items():
+                step = (current[name] - p).mean(0)
+                p.add_(c.outer_lr * step)
+                distance += float(step.pow(2).sum())
+        self._note(
+            pre_return=first.returns.mean().item(), post_return=trajectories.returns.mean().item()
+        )
+        return torch.tensor(distance**0.5)
+
+    def metrics(self) -> dict[str, float]:
+        out = {k: sum(v) / len(v) for k, v in self._stats.items() if v}
+        self._stats = {}
+        return out
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "goal_generator": self.goal_generator.get_state(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.goal_generator.set_state(state["goal_generator"])
+        self.generator.set_state(state["generator"])
+
+
+def evaluate_learner(
+    learner: NavLearner,
+    *,
+    inner_steps: int = 3,
+    num_trajectories: int = 40,
+    num_goals: int = 40,
+    seed: int = EVAL_SEED,
+    untrained: bool = False,
+) -> dict:
+    """The MAML paper's protocol on ``num_goals`` held-out goals: the average return after
+    0, 1, ..., ``inner_steps`` policy-gradient steps of size ``config.inner_lr``.
+
+    With ``untrained``, the same protocol from the run's *initial* parameters (the random
+    initialisation baseline)."""
+    c = learner.config
+    policy, params = learner.policy, learner._detached()
+    if untrained:
+        policy = NavLearner(c, learner.device).policy
+        params = {n: p.detach() for n, p in policy.named_parameters()}
+    goals = sample_goals(num_goals, torch.Generator().manual_seed(seed), learner.device)
+    generator = torch.Generator(device=learner.device).manual_seed(seed + 1)
+    returns = evaluate(
+        policy,
+        params,
+        goals,
+        inner_steps=inner_steps,
+        num_trajectories=num_trajectories,
+        inner_lr=c.inner_lr,
+        gamma=c.gamma,
+        generator=generator,
+    )
+    return {"returns": returns}

@@ -82,3 +82,36 @@ def test_evaluate_reports_every_step():
         policy, detached(params), goals, inner_steps=2, num_trajectories=3, generator=gen
     )
     assert len(returns) == 3 and all(r < 0 for r in returns)
+
+
+def test_every_algorithm_trains_resumes_and_evaluates(tmp_path, capsys):
+    import json
+
+    from mlcourse.cli import main
+
+    small = ["--meta-batch-size", "2", "--trajectories", "3", "--hidden", "8,8", "--epochs", "1"]
+    for name in ("maml-rl-nav", "fomaml-rl-nav", "reptile-rl-nav", "pretrain-nav"):
+        out = str(tmp_path / name)
+        argv = ["train", name, "--out", out, "--no-progress", "--steps", "2", *small]
+        assert main([*argv, "--log-every", "1"]) == 0
+        assert main(["train", name, "--out", out, "--no-progress", "--steps", "3", "--resume"]) == 0
+        capsys.readouterr()
+        argv = ["eval", name, "--checkpoint", out, "--inner-steps", "2", "--trajectories", "2"]
+        assert main([*argv, "--goals", "3", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["trained_steps"] == 3 and len(result["returns"]) == 3
+        log = (tmp_path / name / "log.jsonl").read_text().splitlines()
+        assert "pre_return" in json.loads(log[0])
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    from mlcourse.experiments import load_learner, run_training
+
+    small = dict(meta_batch_size=2, trajectories=3, hidden="8,8", epochs=2, steps=4)
+    run_training("maml-rl-nav", tmp_path / "a", overrides=small, progress=False)
+    run_training("maml-rl-nav", tmp_path / "b", overrides={**small, "steps": 2}, progress=False)
+    run_training("maml-rl-nav", tmp_path / "b", overrides=small, resume=True, progress=False)
+    a, _ = load_learner("maml-rl-nav", tmp_path / "a", "cpu")
+    b, _ = load_learner("maml-rl-nav", tmp_path / "b", "cpu")
+    for (name, p), q in zip(a.policy.named_parameters(), b.policy.parameters(), strict=True):
+        assert torch.equal(p, q), name
