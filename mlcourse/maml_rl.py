@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from mlcourse.envs import Navigation2DVectorEnv
-from mlcourse.rl.dice import dice_objective
+from mlcourse.rl.dice import dice_objective, lvc_objective
 from mlcourse.rl.policies import linear_feature_values
 
 Params = dict[str, Tensor]
@@ -36,6 +36,21 @@ def gaussian_log_prob(mean: Tensor, log_std: Tensor, actions: Tensor) -> Tensor:
     """log N(actions; mean, exp(log_std)²), summed over the last dimension."""
     z = (actions - mean) * torch.exp(-log_std)
     return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_kl(mean0: Tensor, log_std0: Tensor, mean1: Tensor, log_std1: Tensor) -> Tensor:
+    """KL(N(mean0, std0²) ‖ N(mean1, std1²)), summed over the last dimension."""
+    var0, var1 = torch.exp(2 * log_std0), torch.exp(2 * log_std1)
+    return (log_std1 - log_std0 + (var0 + (mean0 - mean1) ** 2) / (2 * var1) - 0.5).sum(-1)
+
+
+def pre_update_kl(policy: nn.Module, old: Params, params: Params, pre: Trajectories) -> Tensor:
+    """Mean KL(π_old ‖ π_params) over the states of the pre-update trajectories: the trust
+    region on the policy *before* adaptation (ProMP's inner KL; Rothfuss et al., 2019)."""
+    mean0, log_std0 = functional_call(policy, old, (pre.obs,))
+    mean1, log_std1 = functional_call(policy, params, (pre.obs,))
+    kl = gaussian_kl(mean0.detach(), log_std0.detach(), mean1, log_std1)
+    return (kl * pre.mask).sum() / pre.mask.sum()
 
 
 def log_prob(policy: nn.Module, params: Params, obs: Tensor, actions: Tensor) -> Tensor:
@@ -151,8 +166,17 @@ def rollout(
     return Trajectories(**stacked, goals=goals)
 
 
+ESTIMATORS = ("dice", "lvc")
+
+
 def inner_objective(
-    policy: nn.Module, params: Params, trajectories: Trajectories, *, gamma: float, per_goal: bool
+    policy: nn.Module,
+    params: Params,
+    trajectories: Trajectories,
+    *,
+    gamma: float,
+    per_goal: bool,
+    estimator: str = "dice",
 ) -> Tensor:
     """Σ_g J_g, where J_g is DiCE's surrogate for goal g's policy-gradient objective.
 
@@ -160,8 +184,12 @@ def inner_objective(
     goal, the advantages G_t − b_t are centred and scaled to unit variance over the valid steps,
     and the objective is averaged over steps. Both are constant rescalings (a shifted baseline,
     a scaled return), so DiCE's derivatives keep their meaning: ∇J_g is the normalised
-    REINFORCE gradient and ∇²J_g the matching second-order term.
+    REINFORCE gradient and ∇²J_g the matching second-order term. ``estimator="lvc"`` uses
+    ProMP's low-variance curvature surrogate instead (same gradient, a biased but far less
+    noisy second derivative; :func:`mlcourse.rl.dice.lvc_objective`).
     """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     t = trajectories
     if per_goal:
         logp = log_prob_per_goal(policy, params, t.obs, t.actions)
@@ -177,9 +205,14 @@ def inner_objective(
     rewards = t.rewards * scale[:, None, None]
     shifted = (baseline + mean[:, None, None]) * scale[:, None, None] * t.mask
     per_trajectory_steps = steps / t.mask.shape[2]  # average trajectory length per goal
+    advantages = (raw - mean[:, None, None]) * scale[:, None, None] * t.mask
+    discount = gamma ** torch.arange(t.mask.shape[1], dtype=logp.dtype, device=logp.device)
     total = logp.new_zeros(())
     for g in range(t.mask.shape[0]):
-        objective = dice_objective(logp[g], rewards[g], gamma=gamma, baseline=shifted[g])
+        if estimator == "dice":
+            objective = dice_objective(logp[g], rewards[g], gamma=gamma, baseline=shifted[g])
+        else:
+            objective = lvc_objective(logp[g], advantages[g] * discount[:, None])
         total = total + objective / per_trajectory_steps[g]
     return total
 
@@ -193,6 +226,7 @@ def adapt(
     gamma: float = 0.99,
     per_goal: bool = False,
     first_order: bool = False,
+    estimator: str = "dice",
 ) -> Params:
     """One policy-gradient step per goal: θ'_g = θ_g + inner_lr ∇ J_g(θ_g).
 
@@ -204,6 +238,7 @@ def adapt(
         gamma: discount of the surrogate and of the baseline's returns.
         per_goal: whether ``params`` is per goal.
         first_order: treat the inner gradient as a constant (first-order MAML).
+        estimator: the surrogate whose gradient is taken, ``"dice"`` or ``"lvc"``.
 
     Returns:
         Per-goal parameters ``{name: (G, *shape)}``, differentiable with respect to ``params``
@@ -217,7 +252,9 @@ def adapt(
             n: p if differentiable and p.requires_grad else p.detach().requires_grad_()
             for n, p in batched.items()
         }
-        objective = inner_objective(policy, at, trajectories, gamma=gamma, per_goal=True)
+        objective = inner_objective(
+            policy, at, trajectories, gamma=gamma, per_goal=True, estimator=estimator
+        )
         grads = torch.autograd.grad(objective, list(at.values()), create_graph=differentiable)
     return {n: p + inner_lr * g for (n, p), g in zip(batched.items(), grads, strict=True)}
 
@@ -242,6 +279,7 @@ def outer_loss(
     clip: float,
     gamma: float = 0.99,
     first_order: bool = False,
+    estimator: str = "dice",
 ) -> Tensor:
     """PPO's clipped objective (negated, to minimise) of the adapted policies on ``post``.
 
@@ -316,6 +354,10 @@ class NavConfig:
     epochs: int = _opt(5, "PPO epochs per meta-iteration (MAML, first-order MAML, pretraining)")
     clip: float = _opt(0.2, "PPO clipping ε")
     max_grad_norm: float = _opt(1.0, "gradient clipping (global norm)")
+    pre_kl_coef: float = _opt(
+        1.0, "MAML: penalty on KL(old ‖ new) of the pre-update policy (a trust region)"
+    )
+    estimator: str = _opt("dice", f"MAML's inner surrogate: one of {', '.join(ESTIMATORS)}")
     reptile_inner_steps: int = _opt(3, "Reptile: policy-gradient steps per goal")
     hidden: str = _opt("100,100", "hidden layer widths, comma separated")
     checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
@@ -324,6 +366,8 @@ class NavConfig:
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         for name in ("steps", "meta_batch_size", "trajectories", "epochs", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -410,6 +454,7 @@ class NavLearner:
             )
             params = self.params
         advantages = normalized_advantages(post, c.gamma)
+        old = self._detached()
         for _ in range(c.epochs):
             if params is None:  # joint training: PPO on the shared policy itself
                 logp = log_prob(self.policy, self.params, post.obs, post.actions)
@@ -428,7 +473,10 @@ class NavLearner:
                     clip=c.clip,
                     gamma=c.gamma,
                     first_order=c.algorithm == "fomaml",
+                    estimator=c.estimator,
                 )
+                if c.pre_kl_coef > 0:
+                    loss = loss + c.pre_kl_coef * pre_update_kl(self.policy, old, params, pre)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)

@@ -109,3 +109,19 @@ def test_a_baseline_keeps_the_expectations_and_can_remove_variance():
 def test_dice_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"\(T, N\)"):
         dice_objective(torch.zeros(3, 2), torch.zeros(2, 3))
+
+
+def test_lvc_has_the_right_gradient_but_drops_the_cross_step_curvature():
+    from mlcourse.rl.dice import lvc_objective
+
+    def lvc(logp, rewards):
+        returns_to_go = rewards.flip(0).cumsum(0).flip(0)
+        return lvc_objective(logp, returns_to_go)
+
+    exact_grad = torch.autograd.functional.jacobian(exact_return, THETA)
+    exact_hess = hessian(exact_return, THETA)
+    grad, grad_se, hess, hess_se = batches(lvc)
+    assert ((grad - exact_grad).abs() <= 4 * grad_se + 1e-9).all()
+    assert ((hess - exact_hess).abs() > 8 * hess_se).any()  # biased: no cross-step terms
+    _, _, _, dice_hess_se = batches(dice)
+    assert (hess_se < dice_hess_se).all()  # ... and less noisy

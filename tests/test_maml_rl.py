@@ -115,3 +115,17 @@ def test_resume_continues_bit_for_bit(tmp_path):
     b, _ = load_learner("maml-rl-nav", tmp_path / "b", "cpu")
     for (name, p), q in zip(a.policy.named_parameters(), b.policy.parameters(), strict=True):
         assert torch.equal(p, q), name
+
+
+def test_dice_and_lvc_take_the_same_inner_step_but_differ_in_curvature():
+    policy, params, goals, gen = setup(dtype=torch.float64)
+    pre = M.rollout(policy, detached(params), goals, 5, generator=gen, max_steps=20)
+    steps = {e: M.adapt(policy, params, pre, inner_lr=0.1, estimator=e) for e in M.ESTIMATORS}
+    for name in params:
+        assert torch.allclose(steps["dice"][name], steps["lvc"][name], atol=1e-10), name
+    grads = {
+        e: torch.autograd.grad(sum(v.sum() for v in step.values()), list(params.values()))
+        for e, step in steps.items()
+    }
+    gap = max((a - b).abs().max().item() for a, b in zip(*grads.values(), strict=True))
+    assert gap > 1e-6

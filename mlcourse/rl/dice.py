@@ -81,3 +81,26 @@ def dice_objective(
     if baseline is not None:
         objective = objective + ((1.0 - magic_box(logp)) * baseline.detach() * discount).sum(0)
     return objective.mean()
+
+
+def lvc_objective(logp: Tensor, advantages: Tensor) -> Tensor:
+    """The low-variance curvature surrogate of ProMP (Rothfuss et al., 2019), to maximise.
+
+    ``Σ_t ☐(log π(a_t|s_t)) A_t``: each step's magic box holds only that step's
+    log-probability. Its gradient is the REINFORCE gradient with advantages ``A_t``, like
+    DiCE's; its second derivative keeps each step's own curvature but drops the cross terms
+    between steps, trading DiCE's unbiased but high-variance Hessian estimate for a biased,
+    much less noisy one.
+
+    Args:
+        logp: ``(T, N)`` log-probabilities of the actions taken.
+        advantages: ``(T, N)`` advantage estimates (constants).
+
+    Returns:
+        The mean over trajectories, a scalar.
+    """
+    if logp.shape != advantages.shape:
+        raise ValueError(
+            f"logp {tuple(logp.shape)} and advantages {tuple(advantages.shape)} must both be (T, N)"
+        )
+    return (magic_box(logp) * advantages.detach()).sum(0).mean()
