@@ -287,7 +287,15 @@ def outer_loss(
     through the adaptation; the probability ratio compares π_θ'(θ) with the adapted policy
     that sampled ``post`` (``post.logp``).
     """
-    adapted = adapt(policy, params, pre, inner_lr=inner_lr, gamma=gamma, first_order=first_order)
+    adapted = adapt(
+        policy,
+        params,
+        pre,
+        inner_lr=inner_lr,
+        gamma=gamma,
+        first_order=first_order,
+        estimator=estimator,
+    )
     logp = log_prob_per_goal(policy, adapted, post.obs, post.actions)
     ratio = torch.exp((logp - post.logp) * post.mask)
     clipped = ratio.clamp(1.0 - clip, 1.0 + clip)

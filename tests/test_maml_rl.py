@@ -129,3 +129,20 @@ def test_dice_and_lvc_take_the_same_inner_step_but_differ_in_curvature():
     }
     gap = max((a - b).abs().max().item() for a, b in zip(*grads.values(), strict=True))
     assert gap > 1e-6
+
+
+def test_the_outer_loss_uses_the_chosen_estimator():
+    policy, params, goals, gen = setup(dtype=torch.float64)
+    pre = M.rollout(policy, detached(params), goals, 5, generator=gen, max_steps=20)
+    with torch.no_grad():
+        adapted = M.adapt(policy, params, pre, inner_lr=0.1)
+    post = M.rollout(policy, adapted, goals, 5, per_goal=True, generator=gen, max_steps=20)
+    advantages = M.normalized_advantages(post, 0.99)
+    grads = {}
+    for estimator in M.ESTIMATORS:
+        loss = M.outer_loss(
+            policy, params, pre, post, advantages, inner_lr=0.1, clip=0.2, estimator=estimator
+        )
+        grads[estimator] = torch.autograd.grad(loss, list(params.values()))
+    gap = max((a - b).abs().max().item() for a, b in zip(*grads.values(), strict=True))
+    assert gap > 1e-8
