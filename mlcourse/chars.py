@@ -198,7 +198,7 @@ class CharsLearner:
         if self.fce is not None:
             self.fce.load_state_dict(state["fce"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
 
     def episode_accuracies(self, tasks, *, inner_steps: int | None = None) -> Tensor:
         """``(T,)`` query accuracies of the trained learner on a batch of episodes."""

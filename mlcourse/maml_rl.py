@@ -545,8 +545,8 @@ class NavLearner:
         self.policy.load_state_dict(state["policy"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-        self.goal_generator.set_state(state["goal_generator"])
-        self.generator.set_state(state["generator"])
+        self.goal_generator.set_state(state["goal_generator"].cpu())
+        self.generator.set_state(state["generator"].cpu())
 
 
 def evaluate_learner(

@@ -469,8 +469,8 @@ class RL2Learner:
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.envs.generator.set_state(state["env_generator"])
-        self.generator.set_state(state["generator"])
+        self.envs.generator.set_state(state["env_generator"].cpu())
+        self.generator.set_state(state["generator"].cpu())
 
 
 def evaluate(

@@ -176,7 +176,7 @@ class SineLearner:
                     self.inner_lrs[n].copy_(t)
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
 
 
 def evaluate(
