@@ -30,6 +30,13 @@ def _emit(result: dict, as_json: bool, text: str | None = None) -> None:
 
 
 def _experiment_name(rest: list[str]) -> str | None:
+    """The experiment named on the command line, wherever it stands among the options."""
+    from mlcourse import experiments
+
+    for i, arg in enumerate(rest):
+        folder = i > 0 and rest[i - 1] in ("--out", "--checkpoint")
+        if arg in experiments.EXPERIMENTS and not folder:
+            return arg
     return rest[0] if rest and not rest[0].startswith("-") else None
 
 

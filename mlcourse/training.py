@@ -188,6 +188,10 @@ def train(
                 if time.perf_counter() - last_save >= config.checkpoint_every:
                     save()
                     last_save = time.perf_counter()
+        if loss_count:  # steps since the last log line
+            last_loss = loss_sum.item() / loss_count
+            if not math.isfinite(last_loss):
+                raise TrainingDiverged(_diverged_message(step, ckpt))
         save()
     except KeyboardInterrupt:
         save()
@@ -200,7 +204,7 @@ def train(
         "step": step,
         "steps": config.steps,
         "seconds": round(seconds, 2),
-        "loss": last_loss,
+        "loss": None if math.isnan(last_loss) else last_loss,  # None: no step was taken
         "out": str(out),
     }
 

@@ -107,6 +107,17 @@ def test_train_then_eval(tmp_path, capsys):
     assert code == 0 and one_json(out)["step"] == 9
 
 
+def test_common_options_may_come_before_the_experiment(tmp_path, capsys):
+    out_dir = str(tmp_path / "run")
+    argv = ["train", "--device", "cpu", "--json", "maml-sine", "--out", out_dir, "--steps", "2"]
+    code, out, _ = run(capsys, *argv, *SMALL)
+    assert code == 0 and one_json(out)["step"] == 2
+    code, out, _ = run(
+        capsys, "eval", "--json", "--checkpoint", out_dir, "maml-sine", "--shots", "5"
+    )
+    assert code == 0 and one_json(out)["shots"] == 5
+
+
 def test_eval_is_deterministic(tmp_path, capsys):
     out_dir = str(tmp_path / "run")
     run(capsys, "train", "metasgd-sine", "--out", out_dir, "--steps", "3", "--json", *SMALL)

@@ -42,6 +42,15 @@ def test_time_budget_stops_with_a_checkpoint(tmp_path):
     assert _state(tmp_path)["step"] == summary["step"]
 
 
+def test_summary_loss_covers_steps_after_the_last_log_line(tmp_path):
+    """A run shorter than --log-every still reports its loss, as valid JSON (no NaN)."""
+    summary = experiments.run_training(
+        "maml-sine", tmp_path, overrides={**SMALL, "steps": 3}, device="cpu", progress=False
+    )
+    assert summary["step"] == 3 and summary["loss"] > 0
+    json.dumps(summary, allow_nan=False)
+
+
 def test_periodic_checkpoints(tmp_path, monkeypatch):
     saved = []
     import mlcourse.training as training
