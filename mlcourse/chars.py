@@ -23,7 +23,7 @@ from mlcourse import fewshot
 from mlcourse.maml import params_of
 from mlcourse.models import Conv4
 from mlcourse.tasks import ProceduralCharacters, load_omniglot
-from mlcourse.training import make_adam
+from mlcourse.training import make_adam, restore_generator
 
 ALGORITHMS = ("protonet", "matchingnet", "maml", "fomaml", "anil")
 METRIC = ("protonet", "matchingnet")
@@ -198,7 +198,7 @@ class CharsLearner:
         if self.fce is not None:
             self.fce.load_state_dict(state["fce"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"].cpu())
+        restore_generator(self.generator, state["generator"])
 
     def episode_accuracies(self, tasks, *, inner_steps: int | None = None) -> Tensor:
         """``(T,)`` query accuracies of the trained learner on a batch of episodes."""

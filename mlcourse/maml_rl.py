@@ -28,6 +28,7 @@ from torch.func import functional_call, vmap
 from mlcourse.envs import Navigation2DVectorEnv
 from mlcourse.rl.dice import dice_objective, lvc_objective
 from mlcourse.rl.policies import linear_feature_values
+from mlcourse.training import restore_generator
 
 Params = dict[str, Tensor]
 
@@ -545,8 +546,8 @@ class NavLearner:
         self.policy.load_state_dict(state["policy"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-        self.goal_generator.set_state(state["goal_generator"].cpu())
-        self.generator.set_state(state["generator"].cpu())
+        restore_generator(self.goal_generator, state["goal_generator"])
+        restore_generator(self.generator, state["generator"])
 
 
 def evaluate_learner(

@@ -23,7 +23,7 @@ from mlcourse.envs import BernoulliBanditVectorEnv, TabularMDPVectorEnv
 from mlcourse.rl.bandits import mean_and_stderr
 from mlcourse.rl.ppo import ppo_clip_loss
 from mlcourse.rl.returns import gae
-from mlcourse.training import make_adam
+from mlcourse.training import make_adam, restore_generator
 
 TASKS = ("bandit", "mdp")
 VALUE_SCALE_RATE = 0.1  # how fast the value head's scale follows the spread of its targets
@@ -469,8 +469,8 @@ class RL2Learner:
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.envs.generator.set_state(state["env_generator"].cpu())
-        self.generator.set_state(state["generator"].cpu())
+        restore_generator(self.envs.generator, state["env_generator"])
+        restore_generator(self.generator, state["generator"])
 
 
 def evaluate(

@@ -21,7 +21,7 @@ from mlcourse.metasgd import init_inner_lrs
 from mlcourse.models import MLP
 from mlcourse.reptile import reptile_step
 from mlcourse.tasks import Sinusoid
-from mlcourse.training import make_adam
+from mlcourse.training import make_adam, restore_generator
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "pretrain")
 EVAL_SEED = 20_170_703  # held-out tasks: a generator no training run uses
@@ -176,7 +176,7 @@ class SineLearner:
                     self.inner_lrs[n].copy_(t)
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"].cpu())
+        restore_generator(self.generator, state["generator"])
 
 
 def evaluate(

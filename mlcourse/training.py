@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,26 @@ def _diverged_message(step: int, ckpt: Path) -> str:
         f"training diverged at step {step}: the loss or the parameters became NaN or infinite "
         f"({kept}). Lower the learning rates (--meta-lr, --inner-lr) and train again."
     )
+
+
+def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
+    """Restores a saved random-number state into ``generator``.
+
+    A state saved by a generator of another device type (a run trained on a GPU, resumed or
+    evaluated on a CPU, or the reverse) cannot be restored: the generator is then seeded from
+    the saved state instead, deterministically, with a warning that the random stream differs.
+    """
+    state = state.cpu()
+    try:
+        generator.set_state(state)
+    except RuntimeError:
+        generator.manual_seed(int(state.to(torch.int64).sum()))
+        warnings.warn(
+            f"this checkpoint's random-number state comes from another kind of device than "
+            f"{generator.device.type}; continuing with a stream seeded from it, so a resumed "
+            "run will not repeat the original device's samples exactly",
+            stacklevel=2,
+        )
 
 
 def default_device() -> torch.device:

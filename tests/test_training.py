@@ -170,3 +170,19 @@ def test_maml_learns_to_adapt(tmp_path):
     assert trained["mse"] < 2.0 < untrained["mse"]
     # adapting helps the meta-learned initialisation
     assert trained["mse_by_step"][1] < trained["mse_by_step"][0]
+
+
+def test_checkpoint_from_another_device_type_loads_with_a_warning(tmp_path):
+    """A run trained on a GPU saves CUDA generator states (16 bytes); a CPU can still evaluate
+    or resume it, seeded from that state."""
+    from mlcourse.training import save_checkpoint
+
+    experiments.run_training(
+        "maml-sine", tmp_path, overrides={**SMALL, "steps": 2}, device="cpu", progress=False
+    )
+    state = load_checkpoint(tmp_path, "cpu")
+    state["learner"]["generator"] = torch.arange(16, dtype=torch.uint8)  # a CUDA-sized state
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.warns(UserWarning, match="another kind of device"):
+        learner, _ = experiments.load_learner("maml-sine", tmp_path, "cpu")
+    assert learner.generator.initial_seed() == sum(range(16))
