@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -582,3 +583,64 @@ def evaluate_learner(
         generator=generator,
     )
     return {"returns": returns}
+
+
+PRETRAINED_DIR = "pretrained"
+
+
+def export_pretrained(run: str | Path, path: str | Path, note: str = "") -> dict:
+    """Writes the policy of a navigation run (``mlcourse train maml-rl-nav ... --out RUN``,
+    likewise the other navigation experiments) as a small file that :func:`load_pretrained`
+    reads. Returns what was written, without the weights."""
+    from mlcourse.training import load_checkpoint
+
+    state = load_checkpoint(run, "cpu")
+    if state["experiment"] not in EXPERIMENTS:
+        raise ValueError(f"{run} holds a '{state['experiment']}' run, not a navigation one")
+    info = {
+        "experiment": state["experiment"],
+        "config": state["config"],
+        "steps": state["step"],
+        "seconds": round(state["seconds"], 1),
+        "note": note,
+    }
+    torch.save({**info, "policy": state["learner"]["policy"]}, path)
+    return info
+
+
+def available_pretrained() -> list[str]:
+    """Names of the navigation policies shipped in ``mlcourse/pretrained/``."""
+    from importlib.resources import files
+
+    folder = files("mlcourse") / PRETRAINED_DIR
+    return sorted(
+        p.name[:-3] for p in folder.iterdir() if p.name.endswith("-nav.pt") and p.is_file()
+    )
+
+
+def load_pretrained(name: str, device=None) -> tuple[nn.Module, Params, NavConfig, dict]:
+    """A shipped navigation policy: ``(policy, params, config, info)``; ``params`` is the
+    dictionary :func:`adapt`, :func:`rollout` and :func:`evaluate` take.
+
+    Example:
+        >>> policy, params, config, info = load_pretrained("fomaml-rl-nav")
+        >>> info["experiment"], config.hidden_sizes
+        ('fomaml-rl-nav', (100, 100))
+    """
+    from importlib.resources import as_file, files
+
+    from mlcourse.rl.policies import GaussianMLPPolicy
+
+    names = available_pretrained()
+    if name not in names:
+        raise KeyError(f"no pretrained navigation policy {name!r}; the course ships {names}")
+    with as_file(files("mlcourse") / PRETRAINED_DIR / f"{name}.pt") as path:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    config = NavConfig(**saved["config"])
+    policy = GaussianMLPPolicy(2, 2, config.hidden_sizes)
+    policy.load_state_dict(saved["policy"])
+    if device is not None:
+        policy.to(device)
+    params = {n: p.detach() for n, p in policy.named_parameters()}
+    info = {k: v for k, v in saved.items() if k != "policy"}
+    return policy, params, config, info

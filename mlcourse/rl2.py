@@ -534,7 +534,11 @@ def available_pretrained() -> list[str]:
     from importlib.resources import files
 
     folder = files("mlcourse") / PRETRAINED_DIR
-    return sorted(p.name[:-3] for p in folder.iterdir() if p.name.endswith(".pt"))
+    return sorted(
+        p.name[:-3]
+        for p in folder.iterdir()
+        if p.name.startswith("rl2-") and p.name.endswith(".pt")
+    )
 
 
 def load_pretrained(name: str, device=None) -> tuple[RL2Policy, RL2Config, dict]:

@@ -1,6 +1,7 @@
 """MAML-RL's building blocks on 2D navigation: rollouts, the batched inner step against a
 per-goal loop, second order against first order, and the evaluation protocol."""
 
+import pytest
 import torch
 
 from mlcourse import maml_rl as M
@@ -146,3 +147,23 @@ def test_the_outer_loss_uses_the_chosen_estimator():
         grads[estimator] = torch.autograd.grad(loss, list(params.values()))
     gap = max((a - b).abs().max().item() for a, b in zip(*grads.values(), strict=True))
     assert gap > 1e-8
+
+
+def test_shipped_policy_loads_and_adapts():
+    """The navigation policy the lesson uses improves after one policy-gradient step."""
+    names = M.available_pretrained()
+    assert "fomaml-rl-nav" in names and not any(n.startswith("rl2-") for n in names)
+    policy, params, config, info = M.load_pretrained("fomaml-rl-nav")
+    assert info["steps"] > 0 and config.algorithm == "fomaml"
+    goals = M.sample_goals(10, torch.Generator().manual_seed(M.EVAL_SEED))
+    returns = M.evaluate(
+        policy,
+        params,
+        goals,
+        inner_steps=1,
+        num_trajectories=20,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert returns[1] > returns[0] + 10  # about −40 before, −14 after on these goals
+    with pytest.raises(KeyError, match="ships"):
+        M.load_pretrained("rl2-bandit-k5-n10")
