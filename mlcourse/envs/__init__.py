@@ -8,6 +8,10 @@ Importing this package registers the single environments with Gymnasium:
   ``episode_length``, ``num_episodes``),
 - ``mlcourse/Navigation2D-v0`` (:class:`Navigation2DEnv`, option ``max_steps``).
 
+Gymnasium's continuous classic-control tasks have batched versions with their physics as
+per-environment parameters (task families): :class:`PendulumVectorEnv`,
+:class:`MountainCarContinuousVectorEnv`.
+
 Example:
     >>> import gymnasium as gym
     >>> import mlcourse.envs
@@ -19,6 +23,7 @@ Example:
 import gymnasium as gym
 
 from mlcourse.envs.bandit import BernoulliBanditEnv, BernoulliBanditVectorEnv
+from mlcourse.envs.classic import MountainCarContinuousVectorEnv, PendulumVectorEnv
 from mlcourse.envs.navigation import Navigation2DEnv, Navigation2DVectorEnv
 from mlcourse.envs.tabular_mdp import TabularMDPEnv, TabularMDPVectorEnv
 
@@ -36,8 +41,10 @@ __all__ = [
     "ENV_IDS",
     "BernoulliBanditEnv",
     "BernoulliBanditVectorEnv",
+    "MountainCarContinuousVectorEnv",
     "Navigation2DEnv",
     "Navigation2DVectorEnv",
     "TabularMDPEnv",
+    "PendulumVectorEnv",
     "TabularMDPVectorEnv",
 ]
