@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mlcourse import chars, maml_rl, rl2, sine
+from mlcourse import chars, maml_rl, metagenrl, rl2, sine
 from mlcourse.training import default_device, load_checkpoint, make_config, train
 
 
@@ -247,6 +247,33 @@ EXPERIMENTS.update(
         )
         for name, defaults in maml_rl.EXPERIMENTS.items()
     }
+)
+
+
+def _metagenrl_eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--env",
+        default="pendulum",
+        help=f"environment family to train fresh agents on: one of {', '.join(metagenrl.ENVS)}",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="agents per objective")
+    parser.add_argument("--steps", type=int, default=20_000, help="environment steps per agent")
+
+
+def _metagenrl_evaluate(learner: metagenrl.MetaGenRLLearner, opts: argparse.Namespace) -> dict:
+    figures = metagenrl.meta_test(
+        learner.objective, opts.env, seeds=opts.seeds, steps=opts.steps, device=learner.device
+    )
+    return {"meta_trained_on": learner.config.env_names, **figures}
+
+
+EXPERIMENTS["metagenrl"] = Experiment(
+    name="metagenrl",
+    description=metagenrl.DESCRIPTIONS["metagenrl"],
+    config_cls=metagenrl.MetaGenRLConfig,
+    make_learner=metagenrl.MetaGenRLLearner,
+    add_eval_args=_metagenrl_eval_args,
+    evaluate=_metagenrl_evaluate,
 )
 
 

@@ -226,7 +226,8 @@ def critic_loss(
     with torch.no_grad():
         next_actions = target_actor(batch["next_obs"])
         max_action = getattr(target_actor, "max_action", 1.0)
-        noise = torch.randn(next_actions.shape, generator=generator, device=next_actions.device)
+        # drawn on the CPU (an agent's generator lives there), then moved
+        noise = torch.randn(next_actions.shape, generator=generator).to(next_actions)
         noise = (noise * settings.policy_noise * max_action).clamp(
             -settings.noise_clip * max_action, settings.noise_clip * max_action
         )
@@ -242,3 +243,408 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """target ← (1 − τ) target + τ source, parameter by parameter."""
     for t, s in zip(target.parameters(), source.parameters(), strict=True):
         t.lerp_(s, tau)
+
+
+# ---------------------------------------------------------------------------------------------
+# Agents, the population, and meta-training.
+
+ENVS = ("pendulum", "mountaincar", "navigation")
+
+
+def make_env(name: str, generator: torch.Generator, device=None):
+    """One environment of family ``name`` with its task drawn by ``generator``; returns
+    ``(env, reset_options, max_action)``.
+
+    - ``pendulum``: mass and length each U[0.7, 1.3] (Gymnasium's pendulum at 1, 1);
+    - ``mountaincar``: engine power U[0.0012, 0.0018] (Gymnasium's: 0.0015);
+    - ``navigation``: a goal U[−0.5, 0.5]², the same in every episode (it is not observed).
+    """
+    from mlcourse.envs import (
+        MountainCarContinuousVectorEnv,
+        Navigation2DVectorEnv,
+        PendulumVectorEnv,
+    )
+
+    u = torch.rand(2, generator=generator)
+    if name == "pendulum":
+        mass, length = 0.7 + 0.6 * u[0], 0.7 + 0.6 * u[1]
+        return PendulumVectorEnv(1, mass=mass, length=length, device=device), None, 2.0
+    if name == "mountaincar":
+        power = 0.0012 + 0.0006 * u[0]
+        return MountainCarContinuousVectorEnv(1, power=power, device=device), None, 1.0
+    if name == "navigation":
+        goal = (u - 0.5)[None].to(device)
+        return Navigation2DVectorEnv(1, device=device), {"goal": goal}, 0.1
+    raise ValueError(f"unknown environment family {name!r}; choose one of {ENVS}")
+
+
+def _normalized(batch: dict[str, Tensor], critic: TwinCritic, actor: nn.Module) -> Tensor:
+    """A scale for the value features: the spread of Q over the batch (detached)."""
+    with torch.no_grad():
+        q = critic(batch["obs"], batch["actions"])[0]
+    return q.std().clamp(min=1e-3)
+
+
+class Agent:
+    """One member of the population: environment, actor, twin critics with targets, replay
+    buffer, and the bookkeeping of its episodes.
+
+    Args:
+        env_name: one of :data:`ENVS`.
+        seed: seeds the task, the networks, exploration and sampling.
+        hidden: widths of the actor's and critics' hidden layers.
+        actor_lr, critic_lr: Adam step sizes.
+        buffer_size: transitions kept.
+        exploration: standard deviation of the Gaussian action noise, as a fraction of the
+            action range.
+        device: where everything lives.
+    """
+
+    def __init__(
+        self,
+        env_name: str,
+        seed: int,
+        *,
+        hidden=(64, 64),
+        actor_lr: float = 1e-3,
+        critic_lr: float = 1e-3,
+        buffer_size: int = 100_000,
+        exploration: float = 0.1,
+        device=None,
+    ):
+        from mlcourse.training import make_adam
+
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.generator = torch.Generator().manual_seed(seed)
+        self.env_name = env_name
+        self.env, self.reset_options, self.max_action = make_env(
+            env_name, self.generator, self.device
+        )
+        obs_size = self.env.single_observation_space.shape[0]
+        action_size = self.env.single_action_space.shape[0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.actor = Actor(obs_size, action_size, max_action=self.max_action, hidden=hidden)
+            self.critic = TwinCritic(obs_size, action_size, hidden=hidden)
+        self.target_actor = Actor(obs_size, action_size, max_action=self.max_action, hidden=hidden)
+        self.target_critic = TwinCritic(obs_size, action_size, hidden=hidden)
+        self.target_actor.load_state_dict(self.actor.state_dict())
+        self.target_critic.load_state_dict(self.critic.state_dict())
+        for module in (self.actor, self.critic, self.target_actor, self.target_critic):
+            module.to(self.device)
+        self.actor_opt = make_adam(self.actor.parameters(), lr=actor_lr)
+        self.critic_opt = make_adam(self.critic.parameters(), lr=critic_lr)
+        self.buffer = ReplayBuffer(
+            buffer_size, obs_size=obs_size, action_size=action_size, device=self.device
+        )
+        self.exploration = exploration
+        self.obs, _ = self.env.reset(seed=seed, options=self.reset_options)
+        self.episode_return = 0.0
+        self.returns: list[float] = []  # of finished episodes
+
+    @property
+    def actor_params(self) -> Params:
+        return dict(self.actor.named_parameters())
+
+    def collect(self, random: bool = False) -> None:
+        """One environment step (uniformly random actions while ``random``), stored."""
+        with torch.no_grad():
+            if random:
+                u = torch.rand(1, self.env.single_action_space.shape[0], generator=self.generator)
+                action = (2 * u - 1).to(self.device) * self.max_action
+            else:
+                action = self.actor(self.obs)
+                noise = torch.randn(action.shape, generator=self.generator).to(self.device)
+                action = (action + noise * self.exploration * self.max_action).clamp(
+                    -self.max_action, self.max_action
+                )
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        self.buffer.add(self.obs, action, reward.float(), next_obs, terminated.float())
+        self.episode_return += float(reward[0])
+        if bool(terminated[0] or truncated[0]):
+            self.returns.append(self.episode_return)
+            self.episode_return = 0.0
+            next_obs, _ = self.env.reset(options=self.reset_options)
+        self.obs = next_obs
+
+    def sample(self, batch_size: int) -> dict[str, Tensor]:
+        return self.buffer.sample(batch_size, self.generator)
+
+    def update_critic(self, batch: dict[str, Tensor], settings: TD3Settings) -> float:
+        loss = critic_loss(
+            self.critic, self.target_critic, self.target_actor, batch, settings, self.generator
+        )
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        return loss.item()
+
+    def actor_loss(self, batch: dict[str, Tensor], objective: nn.Module | None) -> Tensor:
+        """The learned objective's loss (DDPG's −Q when ``objective`` is None)."""
+        scale = _normalized(batch, self.critic, self.actor)
+        if objective is None:
+            return ddpg_loss(self.actor, self.actor_params, self.critic, batch, scale)
+        features = objective_features(self.actor, self.actor_params, self.critic, batch, scale)
+        return objective(features)
+
+    def update_actor(self, batch, objective, settings: TD3Settings) -> None:
+        loss = self.actor_loss(batch, objective)
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic.zero_grad(set_to_none=True)  # the actor's loss runs through the critic
+        self.actor_opt.step()
+        soft_update(self.target_actor, self.actor, settings.tau)
+        soft_update(self.target_critic, self.critic, settings.tau)
+
+    def recent_return(self, episodes: int = 5) -> float:
+        """Mean return of the last finished episodes (nan before the first)."""
+        recent = self.returns[-episodes:]
+        return sum(recent) / len(recent) if recent else float("nan")
+
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "target_actor": self.target_actor.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "buffer": {**self.buffer.data, "size": self.buffer.size, "next": self.buffer.next},
+            "generator": self.generator.get_state(),
+            "env_generator": self.env.generator.get_state(),
+            "env_state": self.env.state.clone() if hasattr(self.env, "state") else None,
+            "env_position": getattr(self.env, "position", None),
+            "env_steps": self.env.steps.clone(),
+            "obs": self.obs,
+            "episode_return": self.episode_return,
+            "returns": list(self.returns),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        from mlcourse.training import restore_generator
+
+        for name in ("actor", "critic", "target_actor", "target_critic"):
+            getattr(self, name).load_state_dict(state[name])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        buffer = dict(state["buffer"])
+        self.buffer.size, self.buffer.next = int(buffer.pop("size")), int(buffer.pop("next"))
+        for key, value in buffer.items():
+            self.buffer.data[key].copy_(value)
+        restore_generator(self.generator, state["generator"])
+        restore_generator(self.env.generator, state["env_generator"])
+        if state["env_state"] is not None:
+            self.env.state = state["env_state"].to(self.device)
+        if state["env_position"] is not None:
+            self.env.position = state["env_position"].to(self.device)
+        self.env.steps.copy_(state["env_steps"])
+        self.obs = state["obs"].to(self.device)
+        self.episode_return = state["episode_return"]
+        self.returns = list(state["returns"])
+
+
+def _opt(default, text):
+    from dataclasses import field
+
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class MetaGenRLConfig:
+    """Hyperparameters of a MetaGenRL run (each is a ``mlcourse train metagenrl`` option)."""
+
+    envs: str = _opt("navigation,mountaincar", "environment families meta-trained on")
+    agents_per_env: int = _opt(2, "agents per environment family in the population")
+    seed: int = _opt(0, "seed of the tasks, networks, exploration and sampling")
+    steps: int = _opt(20_000, "environment steps per agent")
+    warmup: int = _opt(1000, "steps of random actions before any update")
+    batch_size: int = _opt(128, "transitions per update")
+    policy_delay: int = _opt(2, "critic updates per actor (and objective) update, as in TD3")
+    actor_lr: float = _opt(1e-3, "actor's Adam step size")
+    critic_lr: float = _opt(1e-3, "critics' Adam step size")
+    objective_lr: float = _opt(1e-3, "learned objective's Adam step size")
+    meta_step_size: float = _opt(1e-3, "η of the differentiated actor step θ' = θ − η∇L_α")
+    exploration: float = _opt(0.1, "action noise, as a fraction of the action range")
+    hidden: str = _opt("64,64", "actor and critic hidden widths, comma separated")
+    objective_hidden: str = _opt("32,32", "learned objective hidden widths")
+    buffer_size: int = _opt(100_000, "transitions kept per agent")
+    checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
+    log_every: int = _opt(500, "steps between log lines")
+
+    def __post_init__(self):
+        names = self.env_names
+        if not names or any(n not in ENVS for n in names):
+            raise ValueError(f"envs must be a comma-separated list from {ENVS}, got {self.envs!r}")
+        for name in ("agents_per_env", "steps", "batch_size", "policy_delay", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def env_names(self) -> list[str]:
+        return [n.strip() for n in str(self.envs).split(",") if n.strip()]
+
+    @staticmethod
+    def widths(text: str) -> tuple[int, ...]:
+        return tuple(int(h) for h in str(text).split(",") if h.strip())
+
+
+def _settings() -> TD3Settings:
+    return TD3Settings()
+
+
+class MetaGenRLLearner:
+    """The population and the learned objective (the learner protocol of
+    :mod:`mlcourse.training`: one ``step`` is one environment step of every agent, with the
+    updates TD3 makes after it and, every ``policy_delay`` steps, an objective update)."""
+
+    def __init__(self, config: MetaGenRLConfig, device: torch.device | str = "cpu"):
+        from mlcourse.training import make_adam
+
+        self.config = config
+        self.device = torch.device(device)
+        hidden = config.widths(config.hidden)
+        self.agents = [
+            Agent(
+                name,
+                config.seed * 1000 + 10 * i + j,
+                hidden=hidden,
+                actor_lr=config.actor_lr,
+                critic_lr=config.critic_lr,
+                buffer_size=config.buffer_size,
+                exploration=config.exploration,
+                device=self.device,
+            )
+            for i, name in enumerate(config.env_names)
+            for j in range(config.agents_per_env)
+        ]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.objective = LearnedObjective(config.widths(config.objective_hidden))
+        self.objective.to(self.device)
+        self.optimizer = make_adam(self.objective.parameters(), lr=config.objective_lr)
+        self.settings = _settings()
+        self._meta_losses: list[float] = []
+
+    def parameters(self):
+        return self.objective.parameters()
+
+    def step(self, step: int) -> Tensor:
+        c = self.config
+        learning = step >= c.warmup
+        for agent in self.agents:
+            agent.collect(random=not learning)
+        if not learning:
+            return torch.zeros(())
+        update_policy = step % c.policy_delay == 0
+        meta_loss = torch.zeros((), device=self.device)
+        for agent in self.agents:
+            batch = agent.sample(c.batch_size)
+            agent.update_critic(batch, self.settings)
+            if update_policy:
+                scale = _normalized(batch, agent.critic, agent.actor)
+                meta_loss = meta_loss + objective_meta_loss(
+                    self.objective,
+                    agent.actor,
+                    agent.actor_params,
+                    agent.critic,
+                    batch,
+                    step_size=c.meta_step_size,
+                    value_scale=scale,
+                )
+                agent.update_actor(batch, self.objective, self.settings)
+        if update_policy:
+            meta_loss = meta_loss / len(self.agents)
+            self.optimizer.zero_grad(set_to_none=True)
+            meta_loss.backward()
+            for agent in self.agents:  # the meta-loss also reached critics and actors
+                agent.critic.zero_grad(set_to_none=True)
+                agent.actor.zero_grad(set_to_none=True)
+            self.optimizer.step()
+            self._meta_losses.append(meta_loss.item())
+        return meta_loss.detach()
+
+    def metrics(self) -> dict[str, float]:
+        out = {}
+        for name in self.config.env_names:
+            returns = [a.recent_return() for a in self.agents if a.env_name == name]
+            out[f"return_{name}"] = round(sum(returns) / len(returns), 3)
+        if self._meta_losses:
+            out["meta_loss"] = round(sum(self._meta_losses) / len(self._meta_losses), 5)
+            self._meta_losses.clear()
+        return out
+
+    def state_dict(self) -> dict:
+        return {
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "agents": [a.state_dict() for a in self.agents],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for agent, saved in zip(self.agents, state["agents"], strict=True):
+            agent.load_state_dict(saved)
+
+
+def train_agent(
+    env_name: str,
+    objective: nn.Module | None,
+    *,
+    seed: int,
+    steps: int,
+    warmup: int = 1000,
+    batch_size: int = 128,
+    policy_delay: int = 2,
+    hidden=(64, 64),
+    device=None,
+) -> list[float]:
+    """Trains one fresh agent on a task of ``env_name`` with a frozen objective (DDPG's −Q
+    when None) and TD3's critic; returns the returns of its finished episodes."""
+    agent = Agent(env_name, seed, hidden=hidden, device=device)
+    settings = _settings()
+    for step in range(steps):
+        learning = step >= warmup
+        agent.collect(random=not learning)
+        if not learning:
+            continue
+        batch = agent.sample(batch_size)
+        agent.update_critic(batch, settings)
+        if step % policy_delay == 0:
+            agent.update_actor(batch, objective, settings)
+    return agent.returns
+
+
+def meta_test(
+    objective: nn.Module,
+    env_name: str,
+    *,
+    seeds: int = 3,
+    steps: int = 20_000,
+    final_episodes: int = 5,
+    device=None,
+) -> dict:
+    """Fresh agents trained from scratch on ``env_name``, with the frozen learned objective
+    and with DDPG's objective, at equal samples and on the same tasks: the mean return of each
+    agent's last ``final_episodes`` episodes, per seed."""
+    results: dict[str, list[float]] = {"learned": [], "ddpg": []}
+    objective.eval()
+    for name, obj in (("learned", objective), ("ddpg", None)):
+        for s in range(seeds):
+            returns = train_agent(env_name, obj, seed=10_000 + s, steps=steps, device=device)
+            tail = returns[-final_episodes:]
+            results[name].append(sum(tail) / len(tail) if tail else float("nan"))
+    summary = {}
+    for name, values in results.items():
+        mean = sum(values) / len(values)
+        spread = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+        summary[name] = {
+            "mean": mean,
+            "stderr": spread / len(values) ** 0.5,
+            "per_seed": values,
+        }
+    return {"env": env_name, "seeds": seeds, "steps": steps, **summary}
+
+
+EXPERIMENTS: dict[str, dict] = {"metagenrl": {}}
+DESCRIPTIONS = {"metagenrl": "MetaGenRL: a learned policy objective, meta-trained by a population"}

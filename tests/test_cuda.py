@@ -22,6 +22,7 @@ TRAIN = {
     "chars": ["--steps", "3", "--hidden-channels", "8", "--k-query", "2"],
     "rl2": ["--steps", "2", "--trials-per-step", "8", "--hidden-size", "16"],
     "nav": ["--steps", "1", "--meta-batch-size", "2", "--trajectories", "4", "--hidden", "8,8"],
+    "metagenrl": ["--steps", "30", "--warmup", "10", "--batch-size", "16", "--hidden", "16"],
 }
 EVAL = {
     "sine": ["--shots", "5", "--inner-steps", "2", "--num-tasks", "10"],
@@ -29,6 +30,7 @@ EVAL = {
     "rl2-bandit": ["--episodes", "8"],
     "rl2-mdp": ["--trials", "8"],
     "nav": ["--inner-steps", "1", "--trajectories", "4", "--goals", "2"],
+    "metagenrl": ["--env", "navigation", "--seeds", "1", "--steps", "50"],
 }
 
 
@@ -39,6 +41,8 @@ def _family(name: str) -> str:
         return "chars"
     if name.startswith("rl2-"):
         return "rl2"
+    if name == "metagenrl":
+        return name
     return "nav"
 
 

@@ -153,3 +153,46 @@ def test_critic_learns_a_constant_reward():
     # r + γ Q = Q  ⇒  Q = 1 / (1 − γ) = 2
     assert q1.mean().item() == pytest.approx(2.0, abs=0.15)
     assert q2.mean().item() == pytest.approx(2.0, abs=0.15)
+
+
+SMALL = {"steps": 40, "warmup": 10, "batch_size": 16, "hidden": "16", "objective_hidden": "8"}
+
+
+def test_population_resumes_exactly(tmp_path):
+    from mlcourse import experiments
+    from mlcourse.training import load_checkpoint
+
+    experiments.run_training(
+        "metagenrl", tmp_path / "a", overrides=SMALL, device="cpu", progress=False
+    )
+    half = {**SMALL, "steps": 25}
+    experiments.run_training(
+        "metagenrl", tmp_path / "b", overrides=half, device="cpu", progress=False
+    )
+    experiments.run_training(
+        "metagenrl", tmp_path / "b", overrides=SMALL, device="cpu", resume=True, progress=False
+    )
+    a, b = (load_checkpoint(tmp_path / d, "cpu")["learner"] for d in "ab")
+    for key, value in a["objective"].items():
+        assert torch.equal(value, b["objective"][key]), key
+    for agent_a, agent_b in zip(a["agents"], b["agents"], strict=True):
+        for key, value in agent_a["actor"].items():
+            assert torch.equal(value, agent_b["actor"][key]), key
+        assert agent_a["returns"] == agent_b["returns"]
+
+
+def test_meta_test_compares_both_objectives_on_an_unseen_family():
+    from mlcourse.metagenrl import meta_test
+
+    result = meta_test(LearnedObjective(), "navigation", seeds=2, steps=250)
+    assert result["env"] == "navigation" and len(result["learned"]["per_seed"]) == 2
+    assert set(result) >= {"learned", "ddpg"}
+    for name in ("learned", "ddpg"):
+        assert all(v < 0 for v in result[name]["per_seed"])  # navigation rewards are negative
+
+
+def test_unknown_environment_family_is_a_clear_error():
+    from mlcourse.metagenrl import MetaGenRLConfig
+
+    with pytest.raises(ValueError, match="comma-separated list from"):
+        MetaGenRLConfig(envs="pendulum,cartpole")
