@@ -144,12 +144,18 @@ def objective_meta_loss(
     step_size: float,
     value_scale: Tensor | float = 1.0,
 ) -> Tensor:
-    """−Q_φ(s, π_θ'(s)) with θ' = θ − step_size · ∇_θ L_α(θ): differentiable in α (and, to
-    second order, through the step). Minimising it over α trains the objective."""
+    """−Q_φ(s, π_θ'(s)) with θ' = θ − step_size · g / ‖g‖, g = ∇_θ L_α(θ): differentiable in α
+    (and, to second order, through the step). Minimising it over α trains the objective.
+
+    The step is normalised because the actor's real update (Adam) ignores the scale of its
+    loss: without it, the meta-gradient would reward an objective for growing its own scale,
+    which changes nothing in training but saturates the network.
+    """
     params = {n: p.detach().requires_grad_() for n, p in actor_params.items()}
     loss = objective(objective_features(actor, params, critic, batch, value_scale))
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-    updated = {n: p - step_size * g for (n, p), g in zip(params.items(), grads, strict=True)}
+    norm = torch.sqrt(sum((g**2).sum() for g in grads)) + 1e-8
+    updated = {n: p - step_size * g / norm for (n, p), g in zip(params.items(), grads, strict=True)}
     own = functional_call(actor, updated, (batch["obs"],))
     return -(critic(batch["obs"], own)[0] / value_scale).mean()
 
@@ -463,7 +469,9 @@ class MetaGenRLConfig:
     actor_lr: float = _opt(1e-3, "actor's Adam step size")
     critic_lr: float = _opt(1e-3, "critics' Adam step size")
     objective_lr: float = _opt(1e-3, "learned objective's Adam step size")
-    meta_step_size: float = _opt(1e-3, "η of the differentiated actor step θ' = θ − η∇L_α")
+    meta_step_size: float = _opt(
+        1e-2, "η of the differentiated actor step θ' = θ − η g/‖g‖, g = ∇L_α"
+    )
     exploration: float = _opt(0.1, "action noise, as a fraction of the action range")
     hidden: str = _opt("64,64", "actor and critic hidden widths, comma separated")
     objective_hidden: str = _opt("32,32", "learned objective hidden widths")
