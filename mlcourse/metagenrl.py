@@ -104,18 +104,22 @@ def objective_features(
     """``(B, action_size, NUM_FEATURES)`` inputs of L_α for a batch of transitions, under the
     actor parameters ``actor_params`` (differentiable in them; the critic is held fixed).
 
-    ``value_scale`` divides the two value features (e.g. the spread of the critic's values),
-    so that one objective reads environments whose returns differ in scale.
+    Values are centred on the batch's mean Q(s, a) and divided by ``value_scale`` (e.g. the
+    spread of the critic's values), rewards standardised over the batch, actions divided by
+    the action range: one objective then reads environments whose scales differ by orders of
+    magnitude (a tanh network would saturate on raw pendulum values).
     """
     obs, actions = batch["obs"], batch["actions"]
     own = functional_call(actor, actor_params, (obs,))
-    q_own = critic(obs, own)[0] / value_scale
     with torch.no_grad():
-        q_taken = critic(obs, actions)[0] / value_scale
+        q_taken = critic(obs, actions)[0]
+        centre = q_taken.mean()
+        q_taken = (q_taken - centre) / value_scale
+        rewards = batch["rewards"]
+        rewards = (rewards - rewards.mean()) / rewards.std().clamp(min=1e-3)
+    q_own = (critic(obs, own)[0] - centre) / value_scale
     size = actions.shape[-1]
-    per_step = torch.stack(
-        [q_own, q_taken - q_own.detach(), batch["rewards"], batch["dones"]], dim=-1
-    )
+    per_step = torch.stack([q_own, q_taken - q_own.detach(), rewards, batch["dones"]], dim=-1)
     per_step = per_step[:, None, :].expand(-1, size, -1)
     scale = getattr(actor, "max_action", 1.0)
     per_dim = torch.stack([own / scale, actions / scale], dim=-1)
@@ -145,7 +149,9 @@ def objective_meta_loss(
     value_scale: Tensor | float = 1.0,
 ) -> Tensor:
     """−Q_φ(s, π_θ'(s)) with θ' = θ − step_size · g / ‖g‖, g = ∇_θ L_α(θ): differentiable in α
-    (and, to second order, through the step). Minimising it over α trains the objective.
+    (and, to second order, through the step). Minimising it over α trains the objective. The
+    value is reported relative to the batch's mean Q(s, a), in units of ``value_scale``: below
+    zero, the updated actor's actions are worth more than the stored ones.
 
     The step is normalised because the actor's real update (Adam) ignores the scale of its
     loss: without it, the meta-gradient would reward an objective for growing its own scale,
@@ -157,7 +163,9 @@ def objective_meta_loss(
     norm = torch.sqrt(sum((g**2).sum() for g in grads)) + 1e-8
     updated = {n: p - step_size * g / norm for (n, p), g in zip(params.items(), grads, strict=True)}
     own = functional_call(actor, updated, (batch["obs"],))
-    return -(critic(batch["obs"], own)[0] / value_scale).mean()
+    with torch.no_grad():  # a constant: centres the figure, leaves the gradient alone
+        centre = critic(batch["obs"], batch["actions"])[0].mean()
+    return -((critic(batch["obs"], own)[0] - centre) / value_scale).mean()
 
 
 class ReplayBuffer:

@@ -60,17 +60,20 @@ class MinusValue(torch.nn.Module):
 
 def test_the_ddpg_objective_is_one_setting_of_the_learned_one():
     actor, critic, batch, params = _setup()
-    features = objective_features(actor, params, critic, batch)
-    assert MinusValue()(features).item() == pytest.approx(
-        ddpg_loss(actor, params, critic, batch).item()
-    )
+    at = {n: p.clone().requires_grad_() for n, p in params.items()}
+    features = objective_features(actor, at, critic, batch)
+    ours = torch.autograd.grad(MinusValue()(features), list(at.values()))
+    theirs = torch.autograd.grad(ddpg_loss(actor, at, critic, batch), list(at.values()))
+    for a, b in zip(ours, theirs, strict=True):  # equal up to a constant: equal gradients
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     # and the meta-loss is the value after a (normalised) DDPG step
     step = 0.1
     at = {n: p.clone().requires_grad_() for n, p in params.items()}
     grads = torch.autograd.grad(ddpg_loss(actor, at, critic, batch), list(at.values()))
     norm = torch.sqrt(sum((g**2).sum() for g in grads))
     stepped = {n: p - step * g / norm for (n, p), g in zip(params.items(), grads, strict=True)}
-    expected = ddpg_loss(actor, stepped, critic, batch)
+    centre = critic(batch["obs"], batch["actions"])[0].mean()
+    expected = ddpg_loss(actor, stepped, critic, batch) + centre
     got = objective_meta_loss(MinusValue(), actor, params, critic, batch, step_size=step)
     assert got.item() == pytest.approx(expected.item(), rel=1e-7)  # the norm has +1e-8
 
