@@ -1,0 +1,180 @@
+"""Checks of lesson 08 (learned objectives, MetaGenRL).
+
+- :func:`td3_target` (implement): the critic's clipped double-Q regression target.
+- :func:`soft_update` (implement): Polyak averaging of target-network parameters.
+- :func:`normalized_step` (implement): the differentiable, scale-free actor step that the
+  learned objective is meta-trained through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from mlcourse.checks._core import Fail, check, expect_tensor
+
+LESSON = "08_learned_objectives"
+
+__all__ = ["normalized_step", "soft_update", "td3_target"]
+
+
+# ---------------------------------------------------------------------------------------------
+# td3_target
+
+
+@check(LESSON, points=1)
+def td3_target(fn: Callable) -> str:
+    """Checks ``fn(rewards, dones, q1_next, q2_next, gamma) -> (B,)``:
+    r + γ (1 − d) min(Q₁', Q₂'), a constant (no gradient into the target critics)."""
+    gen = torch.Generator().manual_seed(0)
+    rewards = torch.randn(8, generator=gen, dtype=torch.float64)
+    dones = torch.tensor([0, 0, 1, 0, 1, 0, 0, 0], dtype=torch.float64)
+    q1 = torch.randn(8, generator=gen, dtype=torch.float64, requires_grad=True)
+    q2 = torch.randn(8, generator=gen, dtype=torch.float64, requires_grad=True)
+    gamma = 0.9
+    got = fn(rewards, dones, q1, q2, gamma)
+    low = torch.minimum(q1, q2).detach()
+    want = rewards + gamma * (1 - dones) * low
+    if not isinstance(got, Tensor):
+        raise Fail(f"expected a tensor, got {type(got).__name__}")
+    wrong = {
+        "it takes the larger of the two critics: the max overestimates, TD3 takes the min": (
+            rewards + gamma * (1 - dones) * torch.maximum(q1, q2).detach()
+        ),
+        "it averages the two critics: TD3 takes their minimum against overestimation": (
+            rewards + gamma * (1 - dones) * ((q1 + q2) / 2).detach()
+        ),
+        "it bootstraps past the end of an episode: multiply the next value by (1 − done)": (
+            rewards + gamma * low
+        ),
+        "it uses the first critic only: take the minimum of both": (
+            rewards + gamma * (1 - dones) * q1.detach()
+        ),
+        "the discount is missing": rewards + (1 - dones) * low,
+    }
+    if got.shape == want.shape and not torch.allclose(got.detach(), want, atol=1e-10):
+        for what, value in wrong.items():
+            if torch.allclose(got.detach(), value, atol=1e-10):
+                raise Fail(what, "rewards + gamma * (1 - dones) * torch.minimum(q1_next, q2_next)")
+    expect_tensor(got.detach(), want, "the target", atol=1e-10)
+    if got.requires_grad:
+        raise Fail(
+            "the target carries a gradient into the target critics: it is a constant to regress on",
+            "compute it under torch.no_grad() or .detach() it",
+        )
+    return "r + γ(1 − d)·min(Q₁', Q₂'), cut at episode ends, held constant"
+
+
+# ---------------------------------------------------------------------------------------------
+# soft_update
+
+
+@check(LESSON, points=1)
+def soft_update(fn: Callable) -> str:
+    """Checks ``fn(target, source, tau) -> dict``: (1 − τ)·target + τ·source, parameter by
+    parameter, leaving the source untouched."""
+    gen = torch.Generator().manual_seed(1)
+    target = {
+        "w": torch.randn(3, 2, generator=gen, dtype=torch.float64),
+        "b": torch.randn(2, generator=gen, dtype=torch.float64),
+    }
+    source = {
+        n: torch.randn(p.shape, generator=gen, dtype=torch.float64) for n, p in target.items()
+    }
+    before_target = {n: p.clone() for n, p in target.items()}
+    before_source = {n: p.clone() for n, p in source.items()}
+    got = fn(target, source, 0.1)
+    if any(not torch.equal(source[n], before_source[n]) for n in source):
+        raise Fail("your update changed the source (online) network", "only the target moves")
+    if got is None:
+        got = target  # updated in place: accepted, and checked below
+    if not isinstance(got, dict) or set(got) != set(target):
+        raise Fail(
+            f"return a dict with the keys {sorted(target)}",
+            "{n: (1 - tau) * target[n] + tau * source[n] for n in target}",
+        )
+    for n in target:
+        want = (1 - 0.1) * before_target[n] + 0.1 * before_source[n]
+        swapped = 0.1 * before_target[n] + (1 - 0.1) * before_source[n]
+        if torch.allclose(got[n], swapped, atol=1e-12):
+            raise Fail(
+                "τ and 1 − τ are swapped: the target should move only a little (τ) towards the "
+                "source",
+                "(1 - tau) * target + tau * source",
+            )
+        if torch.allclose(got[n], before_source[n], atol=1e-12):
+            raise Fail("the target is replaced by the source: that is a hard copy, not Polyak")
+        expect_tensor(got[n], want, f"the updated target['{n}']", atol=1e-12)
+    return "target ← (1 − τ)·target + τ·source, the source untouched"
+
+
+# ---------------------------------------------------------------------------------------------
+# normalized_step
+
+
+def _problem(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    params = {
+        "w": torch.randn(3, 2, generator=gen, dtype=torch.float64, requires_grad=True),
+        "b": torch.randn(2, generator=gen, dtype=torch.float64, requires_grad=True),
+    }
+    alpha = torch.randn(2, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+
+    def loss(p):  # a learned-objective stand-in: depends on the meta-parameters alpha
+        out = x @ p["w"] + p["b"]
+        return (alpha[0] * out**2 + alpha[1] * torch.sin(out)).mean()
+
+    return params, alpha, loss
+
+
+@check(LESSON, points=2)
+def normalized_step(fn: Callable) -> str:
+    """Checks ``fn(loss, params, step_size) -> dict``: θ' = θ − η·g/‖g‖ with g = ∇_θ loss(θ)
+    and ‖g‖ the norm over *all* parameters together, differentiable in the loss's own
+    parameters (here α) to second order."""
+    params, alpha, loss = _problem(0)
+    before = {n: p.detach().clone() for n, p in params.items()}
+    got = fn(loss, params, 0.5)
+    if any(not torch.equal(p.detach(), before[n]) for n, p in params.items()):
+        raise Fail("your step modified params in place", "return new tensors")
+    if not isinstance(got, dict) or set(got) != set(params):
+        raise Fail(f"return a dict with the keys of params {sorted(params)}")
+    grads = torch.autograd.grad(loss(params), list(params.values()), create_graph=True)
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    want = {n: p - 0.5 * g / norm for (n, p), g in zip(params.items(), grads, strict=True)}
+    wrong = {
+        "the gradient is not normalised: divide it by its norm over all parameters": {
+            n: p - 0.5 * g for (n, p), g in zip(params.items(), grads, strict=True)
+        },
+        "each tensor is normalised by its own norm: use one norm over all parameters together": {
+            n: p - 0.5 * g / g.norm() for (n, p), g in zip(params.items(), grads, strict=True)
+        },
+        "this is an ascent step: the actor *minimises* the learned loss": {
+            n: p + 0.5 * g / norm for (n, p), g in zip(params.items(), grads, strict=True)
+        },
+    }
+    for what, values in wrong.items():
+        if all(torch.allclose(got[n].detach(), values[n].detach(), atol=1e-10) for n in params):
+            raise Fail(what, "θ' = θ − η g / ‖g‖, ‖g‖ = sqrt(Σ over tensors of (g²).sum())")
+    for n in params:
+        expect_tensor(got[n].detach(), want[n].detach(), f"θ'['{n}']", atol=1e-10)
+    probe = sum((v * (i + 1)).sum() for i, v in enumerate(got[n] for n in sorted(got)))
+    if probe.grad_fn is None:
+        raise Fail(
+            "θ' does not depend on the objective: the step was taken on detached gradients",
+            "torch.autograd.grad(loss(params), params, create_graph=True)",
+        )
+    (g_got,) = torch.autograd.grad(probe, [alpha], allow_unused=True)
+    if g_got is None:
+        raise Fail(
+            "θ' carries no gradient to the objective's parameters: compute the gradient with "
+            "create_graph=True, or the objective cannot be meta-trained",
+            "torch.autograd.grad(loss(params), params, create_graph=True)",
+        )
+    ref = sum((v * (i + 1)).sum() for i, v in enumerate(want[n] for n in sorted(want)))
+    (g_want,) = torch.autograd.grad(ref, [alpha])
+    expect_tensor(g_got, g_want, "the gradient of θ' with respect to the objective", atol=1e-9)
+    return "θ' = θ − η g/‖g‖ with one global norm, differentiable in the objective's parameters"
