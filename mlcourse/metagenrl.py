@@ -614,9 +614,9 @@ def train_agent(
     policy_delay: int = 2,
     hidden=(64, 64),
     device=None,
-) -> list[float]:
+) -> Agent:
     """Trains one fresh agent on a task of ``env_name`` with a frozen objective (DDPG's −Q
-    when None) and TD3's critic; returns the returns of its finished episodes."""
+    when None) and TD3's critic; returns it (``agent.returns``: its finished episodes)."""
     agent = Agent(env_name, seed, hidden=hidden, device=device)
     settings = _settings()
     for step in range(steps):
@@ -628,7 +628,7 @@ def train_agent(
         agent.update_critic(batch, settings)
         if step % policy_delay == 0:
             agent.update_actor(batch, objective, settings)
-    return agent.returns
+    return agent
 
 
 def meta_test(
@@ -642,14 +642,18 @@ def meta_test(
 ) -> dict:
     """Fresh agents trained from scratch on ``env_name``, with the frozen learned objective
     and with DDPG's objective, at equal samples and on the same tasks: the mean return of each
-    agent's last ``final_episodes`` episodes, per seed."""
+    agent's last ``final_episodes`` episodes, per seed, and how closely the learned objective's
+    actor gradient points where DDPG's does (:func:`gradient_alignment`)."""
     results: dict[str, list[float]] = {"learned": [], "ddpg": []}
+    alignment = []
     objective.eval()
     for name, obj in (("learned", objective), ("ddpg", None)):
         for s in range(seeds):
-            returns = train_agent(env_name, obj, seed=10_000 + s, steps=steps, device=device)
-            tail = returns[-final_episodes:]
+            agent = train_agent(env_name, obj, seed=10_000 + s, steps=steps, device=device)
+            tail = agent.returns[-final_episodes:]
             results[name].append(sum(tail) / len(tail) if tail else float("nan"))
+            if obj is not None and len(agent.buffer) > 0:
+                alignment.append(gradient_alignment(obj, agent, batches=10))
     summary = {}
     for name, values in results.items():
         mean = sum(values) / len(values)
@@ -659,8 +663,46 @@ def meta_test(
             "stderr": spread / len(values) ** 0.5,
             "per_seed": values,
         }
-    return {"env": env_name, "seeds": seeds, "steps": steps, **summary}
+    return {
+        "env": env_name,
+        "seeds": seeds,
+        "steps": steps,
+        **summary,
+        # cosine between the learned objective's actor gradient and DDPG's, at the end
+        "alignment_with_ddpg": sum(alignment) / len(alignment) if alignment else None,
+    }
 
 
 EXPERIMENTS: dict[str, dict] = {"metagenrl": {}}
 DESCRIPTIONS = {"metagenrl": "MetaGenRL: a learned policy objective, meta-trained by a population"}
+
+
+def gradient_alignment(
+    objective: nn.Module, agent: Agent, *, batches: int = 20, batch_size: int = 128
+) -> float:
+    """Mean cosine similarity between the actor gradients of ``objective`` and of DDPG's −Q
+    on batches from ``agent``'s buffer: 1 means the learned objective moves the actor exactly
+    as DDPG would (whatever its scale, to which Adam is blind)."""
+    cosines = []
+    params = agent.actor_params
+    for _ in range(batches):
+        batch = agent.sample(batch_size)
+        scale = _normalized(batch, agent.critic, agent.actor)
+        features = objective_features(agent.actor, params, agent.critic, batch, scale)
+        learned = torch.autograd.grad(objective(features), list(params.values()), allow_unused=True)
+        ddpg = torch.autograd.grad(
+            ddpg_loss(agent.actor, params, agent.critic, batch, scale), list(params.values())
+        )
+        flat = [
+            torch.cat(
+                [
+                    (torch.zeros_like(p) if g is None else g).flatten()
+                    for g, p in zip(gs, params.values(), strict=True)
+                ]
+            )
+            for gs in (learned, ddpg)
+        ]
+        cosines.append(F.cosine_similarity(flat[0], flat[1], dim=0).item())
+    agent.actor.zero_grad(set_to_none=True)
+    agent.critic.zero_grad(set_to_none=True)
+    return sum(cosines) / len(cosines)

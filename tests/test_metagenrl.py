@@ -190,7 +190,8 @@ def test_meta_test_compares_both_objectives_on_an_unseen_family():
 
     result = meta_test(LearnedObjective(), "navigation", seeds=2, steps=250)
     assert result["env"] == "navigation" and len(result["learned"]["per_seed"]) == 2
-    assert set(result) >= {"learned", "ddpg"}
+    assert set(result) >= {"learned", "ddpg", "alignment_with_ddpg"}
+    assert -1 <= result["alignment_with_ddpg"] <= 1
     for name in ("learned", "ddpg"):
         assert all(v < 0 for v in result[name]["per_seed"])  # navigation rewards are negative
 
@@ -200,3 +201,14 @@ def test_unknown_environment_family_is_a_clear_error():
 
     with pytest.raises(ValueError, match="comma-separated list from"):
         MetaGenRLConfig(envs="pendulum,cartpole")
+
+
+def test_gradient_alignment_is_one_for_the_ddpg_objective():
+    from mlcourse.metagenrl import Agent, gradient_alignment
+
+    agent = Agent("navigation", 0, hidden=(16,))
+    for _ in range(200):
+        agent.collect(random=True)
+    assert gradient_alignment(MinusValue(), agent, batches=3) == pytest.approx(1.0, abs=1e-6)
+    flipped = gradient_alignment(lambda f: -MinusValue()(f), agent, batches=3)
+    assert flipped == pytest.approx(-1.0, abs=1e-6)
