@@ -29,7 +29,12 @@ from torch.func import functional_call, vmap
 from mlcourse.envs import Navigation2DVectorEnv
 from mlcourse.rl.dice import dice_objective, lvc_objective
 from mlcourse.rl.policies import linear_feature_values
-from mlcourse.training import restore_generator
+from mlcourse.training import (
+    export_policy,
+    read_shipped_policy,
+    restore_generator,
+    shipped_policies,
+)
 
 Params = dict[str, Tensor]
 
@@ -585,37 +590,16 @@ def evaluate_learner(
     return {"returns": returns}
 
 
-PRETRAINED_DIR = "pretrained"
-
-
 def export_pretrained(run: str | Path, path: str | Path, note: str = "") -> dict:
     """Writes the policy of a navigation run (``mlcourse train maml-rl-nav ... --out RUN``,
     likewise the other navigation experiments) as a small file that :func:`load_pretrained`
     reads. Returns what was written, without the weights."""
-    from mlcourse.training import load_checkpoint
-
-    state = load_checkpoint(run, "cpu")
-    if state["experiment"] not in EXPERIMENTS:
-        raise ValueError(f"{run} holds a '{state['experiment']}' run, not a navigation one")
-    info = {
-        "experiment": state["experiment"],
-        "config": state["config"],
-        "steps": state["step"],
-        "seconds": round(state["seconds"], 1),
-        "note": note,
-    }
-    torch.save({**info, "policy": state["learner"]["policy"]}, path)
-    return info
+    return export_policy(run, path, EXPERIMENTS, "a navigation", note)
 
 
 def available_pretrained() -> list[str]:
     """Names of the navigation policies shipped in ``mlcourse/pretrained/``."""
-    from importlib.resources import files
-
-    folder = files("mlcourse") / PRETRAINED_DIR
-    return sorted(
-        p.name[:-3] for p in folder.iterdir() if p.name.endswith("-nav.pt") and p.is_file()
-    )
+    return shipped_policies("", "-nav.pt")
 
 
 def load_pretrained(name: str, device=None) -> tuple[nn.Module, Params, NavConfig, dict]:
@@ -627,15 +611,9 @@ def load_pretrained(name: str, device=None) -> tuple[nn.Module, Params, NavConfi
         >>> info["experiment"], config.hidden_sizes
         ('fomaml-rl-nav', (100, 100))
     """
-    from importlib.resources import as_file, files
-
     from mlcourse.rl.policies import GaussianMLPPolicy
 
-    names = available_pretrained()
-    if name not in names:
-        raise KeyError(f"no pretrained navigation policy {name!r}; the course ships {names}")
-    with as_file(files("mlcourse") / PRETRAINED_DIR / f"{name}.pt") as path:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = read_shipped_policy(name, available_pretrained(), "pretrained navigation policy")
     config = NavConfig(**saved["config"])
     policy = GaussianMLPPolicy(2, 2, config.hidden_sizes)
     policy.load_state_dict(saved["policy"])

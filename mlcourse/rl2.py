@@ -23,7 +23,13 @@ from mlcourse.envs import BernoulliBanditVectorEnv, TabularMDPVectorEnv
 from mlcourse.rl.bandits import mean_and_stderr
 from mlcourse.rl.ppo import ppo_clip_loss
 from mlcourse.rl.returns import gae
-from mlcourse.training import make_adam, restore_generator
+from mlcourse.training import (
+    export_policy,
+    make_adam,
+    read_shipped_policy,
+    restore_generator,
+    shipped_policies,
+)
 
 TASKS = ("bandit", "mdp")
 VALUE_SCALE_RATE = 0.1  # how fast the value head's scale follows the spread of its targets
@@ -506,39 +512,17 @@ def evaluate(
 # ---------------------------------------------------------------------------------------------
 # Pretrained agents shipped with the course
 
-PRETRAINED_DIR = "pretrained"
-
 
 def export_pretrained(run: str | Path, path: str | Path, note: str = "") -> dict:
     """Writes the policy of a training run (``mlcourse train rl2-... --out RUN``) as a small
     file that :func:`load_pretrained` reads: the config, the policy's weights, and how it was
     trained. Returns what was written, without the weights."""
-    from mlcourse.training import load_checkpoint
-
-    state = load_checkpoint(run, "cpu")
-    if state["experiment"] not in EXPERIMENTS:
-        raise ValueError(f"{run} holds a '{state['experiment']}' run, not an RL² one")
-    info = {
-        "experiment": state["experiment"],
-        "config": state["config"],
-        "steps": state["step"],
-        "seconds": round(state["seconds"], 1),
-        "note": note,
-    }
-    torch.save({**info, "policy": state["learner"]["policy"]}, path)
-    return info
+    return export_policy(run, path, EXPERIMENTS, "an RL²", note)
 
 
 def available_pretrained() -> list[str]:
     """Names of the agents shipped in ``mlcourse/pretrained/``."""
-    from importlib.resources import files
-
-    folder = files("mlcourse") / PRETRAINED_DIR
-    return sorted(
-        p.name[:-3]
-        for p in folder.iterdir()
-        if p.name.startswith("rl2-") and p.name.endswith(".pt")
-    )
+    return shipped_policies("rl2-", ".pt")
 
 
 def load_pretrained(name: str, device=None) -> tuple[RL2Policy, RL2Config, dict]:
@@ -549,13 +533,7 @@ def load_pretrained(name: str, device=None) -> tuple[RL2Policy, RL2Config, dict]
         >>> config.num_arms, config.num_pulls, policy.hidden_size
         (5, 10, 256)
     """
-    from importlib.resources import as_file, files
-
-    names = available_pretrained()
-    if name not in names:
-        raise KeyError(f"no pretrained agent {name!r}; the course ships {names}")
-    with as_file(files("mlcourse") / PRETRAINED_DIR / f"{name}.pt") as path:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = read_shipped_policy(name, available_pretrained(), "pretrained agent")
     config = RL2Config(**saved["config"])
     policy = RL2Policy(config.obs_size, config.action_size, config.hidden_size)
     policy.load_state_dict(saved["policy"])

@@ -242,6 +242,52 @@ def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
         )
 
 
+PRETRAINED_DIR = "pretrained"  # inside the package: policies the course ships
+
+
+def export_policy(
+    run: str | Path, path: str | Path, experiments, kind: str, note: str = ""
+) -> dict:
+    """Writes the policy of a finished run as a small file: its config, its weights and how it
+    was trained. ``experiments`` are the names the run may hold (``kind`` names them in the
+    error). Returns what was written, without the weights."""
+    state = load_checkpoint(run, "cpu")
+    if state["experiment"] not in experiments:
+        raise ValueError(f"{run} holds a '{state['experiment']}' run, not {kind} one")
+    info = {
+        "experiment": state["experiment"],
+        "config": state["config"],
+        "steps": state["step"],
+        "seconds": round(state["seconds"], 1),
+        "note": note,
+    }
+    torch.save({**info, "policy": state["learner"]["policy"]}, path)
+    return info
+
+
+def shipped_policies(prefix: str = "", suffix: str = ".pt") -> list[str]:
+    """Names of the policies shipped in ``mlcourse/pretrained/`` whose file names start with
+    ``prefix`` and end with ``suffix``."""
+    from importlib.resources import files
+
+    folder = files("mlcourse") / PRETRAINED_DIR
+    return sorted(
+        p.name[:-3]
+        for p in folder.iterdir()
+        if p.is_file() and p.name.startswith(prefix) and p.name.endswith(suffix)
+    )
+
+
+def read_shipped_policy(name: str, names: list[str], what: str) -> dict:
+    """The saved file of shipped policy ``name`` (one of ``names``), read onto the CPU."""
+    from importlib.resources import as_file, files
+
+    if name not in names:
+        raise KeyError(f"no {what} {name!r}; the course ships {names}")
+    with as_file(files("mlcourse") / PRETRAINED_DIR / f"{name}.pt") as path:
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def default_device() -> torch.device:
     """CUDA when available, else Apple's MPS, else the CPU."""
     if torch.cuda.is_available():
