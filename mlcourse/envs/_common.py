@@ -36,3 +36,18 @@ def as_actions(actions, num_envs: int, num_actions: int, device: torch.device) -
             f"to {int(actions.max())}"
         )
     return actions
+
+
+def as_continuous_actions(
+    actions, num_envs: int, size: int, device: torch.device, dtype, what: str = "action"
+) -> Tensor:
+    """Checks a batch of continuous actions and returns it as a ``(num_envs, size)`` tensor."""
+    actions = torch.as_tensor(actions, dtype=dtype, device=device)
+    if actions.shape != (num_envs, size):
+        raise ValueError(
+            f"actions has shape {tuple(actions.shape)}; expected ({num_envs}, {size}), one "
+            f"{what} per environment"
+        )
+    if not torch.isfinite(actions).all():
+        raise ValueError(f"actions must be finite (a NaN or inf {what} was given)")
+    return actions

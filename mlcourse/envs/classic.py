@@ -23,7 +23,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
-from mlcourse.envs._common import seeded_generator
+from mlcourse.envs._common import as_continuous_actions, seeded_generator
 
 
 def angle_normalize(x: Tensor) -> Tensor:
@@ -101,14 +101,7 @@ class _ClassicVectorEnv(VectorEnv):
     def step(self, actions):
         if self.state is None:
             raise RuntimeError("call reset() before step()")
-        actions = torch.as_tensor(actions, dtype=self.dtype, device=self.device)
-        if actions.shape != (self.num_envs, 1):
-            raise ValueError(
-                f"actions has shape {tuple(actions.shape)}; expected ({self.num_envs}, 1), one "
-                "action per environment"
-            )
-        if not torch.isfinite(actions).all():
-            raise ValueError("actions must be finite (a NaN or inf action was given)")
+        actions = as_continuous_actions(actions, self.num_envs, 1, self.device, self.dtype)
         restart = self._ended
         new_state, reward, terminated = self._dynamics(self.state, actions[:, 0])
         if restart.any():

@@ -23,7 +23,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
-from mlcourse.envs._common import seeded_generator
+from mlcourse.envs._common import as_continuous_actions, seeded_generator
 
 GOAL_LOW, GOAL_HIGH = -0.5, 0.5
 MAX_SPEED = 0.1
@@ -172,14 +172,9 @@ class Navigation2DVectorEnv(VectorEnv):
     def step(self, actions):
         if self.goal is None:
             raise RuntimeError("call reset() before step()")
-        actions = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
-        if actions.shape != (self.num_envs, 2):
-            raise ValueError(
-                f"actions has shape {tuple(actions.shape)}; expected ({self.num_envs}, 2), one "
-                "velocity per environment"
-            )
-        if not torch.isfinite(actions).all():
-            raise ValueError("actions must be finite (a NaN or inf velocity was given)")
+        actions = as_continuous_actions(
+            actions, self.num_envs, 2, self.device, torch.float32, "velocity"
+        )
         restart = self._ended
         if restart.any():  # next-step autoreset: these envs start a new episode now
             self.goal[restart] = self._draw(int(restart.sum()))
