@@ -292,7 +292,7 @@ def make_env(name: str, generator: torch.Generator, device=None):
     raise ValueError(f"unknown environment family {name!r}; choose one of {ENVS}")
 
 
-def _normalized(batch: dict[str, Tensor], critic: TwinCritic, actor: nn.Module) -> Tensor:
+def _normalized(batch: dict[str, Tensor], critic: TwinCritic) -> Tensor:
     """A scale for the value features: the spread of Q over the batch (detached)."""
     with torch.no_grad():
         q = critic(batch["obs"], batch["actions"])[0]
@@ -395,7 +395,7 @@ class Agent:
 
     def actor_loss(self, batch: dict[str, Tensor], objective: nn.Module | None) -> Tensor:
         """The learned objective's loss (DDPG's −Q when ``objective`` is None)."""
-        scale = _normalized(batch, self.critic, self.actor)
+        scale = _normalized(batch, self.critic)
         if objective is None:
             return ddpg_loss(self.actor, self.actor_params, self.critic, batch, scale)
         features = objective_features(self.actor, self.actor_params, self.critic, batch, scale)
@@ -504,10 +504,6 @@ class MetaGenRLConfig:
         return tuple(int(h) for h in str(text).split(",") if h.strip())
 
 
-def _settings() -> TD3Settings:
-    return TD3Settings()
-
-
 class MetaGenRLLearner:
     """The population and the learned objective (the learner protocol of
     :mod:`mlcourse.training`: one ``step`` is one environment step of every agent, with the
@@ -538,7 +534,7 @@ class MetaGenRLLearner:
             self.objective = LearnedObjective(config.widths(config.objective_hidden))
         self.objective.to(self.device)
         self.optimizer = make_adam(self.objective.parameters(), lr=config.objective_lr)
-        self.settings = _settings()
+        self.settings = TD3Settings()
         self._meta_losses: list[float] = []
 
     def parameters(self):
@@ -557,7 +553,7 @@ class MetaGenRLLearner:
             batch = agent.sample(c.batch_size)
             agent.update_critic(batch, self.settings)
             if update_policy:
-                scale = _normalized(batch, agent.critic, agent.actor)
+                scale = _normalized(batch, agent.critic)
                 meta_loss = meta_loss + objective_meta_loss(
                     self.objective,
                     agent.actor,
@@ -618,7 +614,7 @@ def train_agent(
     """Trains one fresh agent on a task of ``env_name`` with a frozen objective (DDPG's −Q
     when None) and TD3's critic; returns it (``agent.returns``: its finished episodes)."""
     agent = Agent(env_name, seed, hidden=hidden, device=device)
-    settings = _settings()
+    settings = TD3Settings()
     for step in range(steps):
         learning = step >= warmup
         agent.collect(random=not learning)
@@ -687,7 +683,7 @@ def gradient_alignment(
     params = agent.actor_params
     for _ in range(batches):
         batch = agent.sample(batch_size)
-        scale = _normalized(batch, agent.critic, agent.actor)
+        scale = _normalized(batch, agent.critic)
         features = objective_features(agent.actor, params, agent.critic, batch, scale)
         learned = torch.autograd.grad(objective(features), list(params.values()), allow_unused=True)
         ddpg = torch.autograd.grad(
