@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import nbformat
@@ -29,12 +30,25 @@ from jupyter_client.kernelspec import KernelSpec
 from mlcourse.checks._core import RESULTS_ENV
 
 DEFAULT_TIMEOUT = 600.0
+START_ATTEMPTS = 3  # a kernel that fails to start is started again, up to this many times
 COLUMNS = ("path", "lesson", "score", "max_score", "status")
 
 
 class ThisPythonKernelManager(AsyncKernelManager):
     """Starts IPython kernels with this very interpreter (so the course's environment), not
-    with whatever ``python3`` kernelspec happens to be installed."""
+    with whatever ``python3`` kernelspec happens to be installed.
+
+    On POSIX systems the kernel talks over Unix sockets with a name of its own instead of TCP
+    ports: a free port is chosen, released and only then bound by the kernel, so kernels
+    started at the same moment (``--jobs``, or two graders) could take the same one and die.
+    """
+
+    def __init__(self, **kwargs):
+        if os.name == "posix":
+            kwargs.setdefault("transport", "ipc")
+            name = f"mlcourse-kernel-{uuid.uuid4().hex[:16]}"
+            kwargs.setdefault("ip", os.path.join(tempfile.gettempdir(), name))
+        super().__init__(**kwargs)
 
     @property
     def kernel_spec(self) -> KernelSpec:
@@ -73,26 +87,33 @@ def execute_notebook(
         extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no TCP-encryption warning
     )
     status, message, index = "ok", "", 0
-    client.reset_execution_trackers()
-    try:
-        with client.setup_kernel(env=dict(os.environ if env is None else env), cwd=cwd):
-            deadline = time.monotonic() + timeout
-            for index, cell in enumerate(nb.cells):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise CellTimeoutError(f"no time left before cell {index}")
-                client.timeout = max(1, round(left))
-                client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
-                errors = [o for o in cell.get("outputs", []) if o.output_type == "error"]
-                if errors and status == "ok":
-                    status = "error"
-                    message = f"cell {index} raised {errors[0].ename}: {errors[0].evalue}"
-    except CellTimeoutError:
-        return "timeout", f"still running after {timeout:g} s (cell {index})"
-    except DeadKernelError:
-        return "error", f"the kernel died in cell {index}"
-    except RuntimeError as err:  # the kernel did not start
-        return "error", f"the kernel could not run the notebook: {err}"
+    for attempt in range(START_ATTEMPTS):
+        started = False
+        client.reset_execution_trackers()
+        try:
+            with client.setup_kernel(env=dict(os.environ if env is None else env), cwd=cwd):
+                started = True
+                deadline = time.monotonic() + timeout
+                for index, cell in enumerate(nb.cells):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise CellTimeoutError(f"no time left before cell {index}")
+                    client.timeout = max(1, round(left))
+                    client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+                    errors = [o for o in cell.get("outputs", []) if o.output_type == "error"]
+                    if errors and status == "ok":
+                        status = "error"
+                        message = f"cell {index} raised {errors[0].ename}: {errors[0].evalue}"
+        except CellTimeoutError:
+            return "timeout", f"still running after {timeout:g} s (cell {index})"
+        except DeadKernelError:
+            return "error", f"the kernel died in cell {index}"
+        except RuntimeError as err:  # the kernel did not start, or died while starting
+            if started or attempt + 1 == START_ATTEMPTS:
+                return "error", f"the kernel could not run the notebook: {err}"
+            client.km = client.kc = None  # a fresh kernel, nothing of the notebook ran yet
+            continue
+        break
     return status, message
 
 

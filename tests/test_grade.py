@@ -121,7 +121,7 @@ def test_every_submission_gets_its_score_and_status(graded):
     assert sorted(by_name) == sorted(SUBMISSIONS), log
     for name, (_, score, status) in SUBMISSIONS.items():
         row = by_name[name]
-        assert (row["score"], row["status"]) == (score, status), (name, row)
+        assert (row["score"], row["status"]) == (score, status), (name, row["message"], log)
         assert row["max_score"] == 2 and row["lesson"] == "00_welcome"
     assert by_name["00_welcome-half.ipynb"]["checks"] == {
         "support_query_split": 1.0,
@@ -159,6 +159,51 @@ def test_a_hanging_submission_is_cut_at_its_time_limit(graded):
 def test_kernels_run_this_python_whatever_kernelspecs_are_installed():
     spec = grading.ThisPythonKernelManager().kernel_spec
     assert spec.argv[0] == sys.executable and "ipykernel_launcher" in spec.argv
+
+
+def _notebook(*sources):
+    return nbformat.v4.new_notebook(cells=[new_code_cell(s) for s in sources])
+
+
+CONNECTION = "from ipykernel import get_connection_info\ninfo = get_connection_info(unpack=True)"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Unix sockets are POSIX-only")
+def test_kernels_started_together_each_get_their_own_unix_sockets():
+    from concurrent.futures import ThreadPoolExecutor
+
+    books = [_notebook(CONNECTION, "print(info['transport'], info['ip'])") for _ in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(lambda nb: grading.execute_notebook(nb, timeout=60), books))
+    assert outcomes == [("ok", "")] * 4
+    printed = [nb.cells[1].outputs[0]["text"].split() for nb in books]
+    assert {transport for transport, _ in printed} == {"ipc"}
+    assert len({address for _, address in printed}) == 4
+
+
+def test_a_kernel_that_fails_to_start_is_started_again(monkeypatch):
+    start = grading.ThisPythonKernelManager.start_kernel
+    calls = []
+
+    async def flaky_start(self, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        return await start(self, **kwargs)
+
+    monkeypatch.setattr(grading.ThisPythonKernelManager, "start_kernel", flaky_start)
+    nb = _notebook("x = 6 * 7", "print(x)")
+    assert grading.execute_notebook(nb, timeout=60) == ("ok", "")
+    assert len(calls) == 2 and nb.cells[1].outputs[0]["text"] == "42\n"
+
+
+def test_a_kernel_that_never_starts_is_an_error_not_a_crash(monkeypatch):
+    async def never_starts(self, **kwargs):
+        raise RuntimeError("Kernel died before replying to kernel_info")
+
+    monkeypatch.setattr(grading.ThisPythonKernelManager, "start_kernel", never_starts)
+    status, message = grading.execute_notebook(_notebook("1"), timeout=60)
+    assert status == "error" and "could not run" in message and "kernel_info" in message
 
 
 def test_lesson_comes_from_the_file_name():
