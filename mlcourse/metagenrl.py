@@ -22,6 +22,7 @@ and trains fresh agents from scratch with it, on environments it has never seen.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -667,6 +668,46 @@ def meta_test(
         # cosine between the learned objective's actor gradient and DDPG's, at the end
         "alignment_with_ddpg": sum(alignment) / len(alignment) if alignment else None,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Learned objectives shipped with the course
+
+
+def export_pretrained(run: str | Path, path: str | Path, note: str = "") -> dict:
+    """Writes the learned objective of a ``mlcourse train metagenrl --out RUN`` run as a small
+    file that :func:`load_pretrained` reads (the population's actors, critics and buffers are
+    left behind). Returns what was written, without the weights."""
+    from mlcourse.training import export_policy
+
+    return export_policy(run, path, EXPERIMENTS, "a MetaGenRL", note, key="objective")
+
+
+def available_pretrained() -> list[str]:
+    """Names of the learned objectives shipped in ``mlcourse/pretrained/``."""
+    from mlcourse.training import shipped_policies
+
+    return shipped_policies("metagenrl-", ".pt")
+
+
+def load_pretrained(name: str, device=None) -> tuple[LearnedObjective, dict]:
+    """A shipped learned objective, frozen: ``(objective, info)``; ``info`` says how and on
+    which environment families it was meta-trained.
+
+    Example:
+        >>> objective, info = load_pretrained("metagenrl-nav-mc")
+        >>> info["config"]["envs"], sum(p.numel() for p in objective.parameters())
+        ('navigation,mountaincar', 1313)
+    """
+    from mlcourse.training import read_shipped_policy
+
+    saved = read_shipped_policy(name, available_pretrained(), "learned objective")
+    config = MetaGenRLConfig(**saved["config"])
+    objective = LearnedObjective(config.widths(config.objective_hidden))
+    objective.load_state_dict(saved["policy"])
+    objective.requires_grad_(False).eval()
+    info = {k: v for k, v in saved.items() if k != "policy"}
+    return objective.to(device) if device is not None else objective, info
 
 
 EXPERIMENTS: dict[str, dict] = {"metagenrl": {}}

@@ -246,11 +246,12 @@ PRETRAINED_DIR = "pretrained"  # inside the package: policies the course ships
 
 
 def export_policy(
-    run: str | Path, path: str | Path, experiments, kind: str, note: str = ""
+    run: str | Path, path: str | Path, experiments, kind: str, note: str = "", key="policy"
 ) -> dict:
     """Writes the policy of a finished run as a small file: its config, its weights and how it
     was trained. ``experiments`` are the names the run may hold (``kind`` names them in the
-    error). Returns what was written, without the weights."""
+    error); ``key`` is the learner's entry that holds the weights (stored under ``"policy"``).
+    Returns what was written, without the weights."""
     state = load_checkpoint(run, "cpu")
     if state["experiment"] not in experiments:
         raise ValueError(f"{run} holds a '{state['experiment']}' run, not {kind} one")
@@ -261,7 +262,7 @@ def export_policy(
         "seconds": round(state["seconds"], 1),
         "note": note,
     }
-    torch.save({**info, "policy": state["learner"]["policy"]}, path)
+    torch.save({**info, "policy": state["learner"][key]}, path)
     return info
 
 

@@ -212,3 +212,32 @@ def test_gradient_alignment_is_one_for_the_ddpg_objective():
     assert gradient_alignment(MinusValue(), agent, batches=3) == pytest.approx(1.0, abs=1e-6)
     flipped = gradient_alignment(lambda f: -MinusValue()(f), agent, batches=3)
     assert flipped == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_export_and_the_shipped_objectives(tmp_path):
+    from mlcourse import experiments, metagenrl
+
+    experiments.run_training(
+        "metagenrl", tmp_path / "run", overrides=SMALL, device="cpu", progress=False
+    )
+    info = metagenrl.export_pretrained(tmp_path / "run", tmp_path / "objective.pt", note="test")
+    saved = torch.load(tmp_path / "objective.pt", weights_only=False)
+    run = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert info["steps"] == SMALL["steps"] and "agents" not in saved["policy"]
+    for key, value in run["learner"]["objective"].items():
+        assert torch.equal(saved["policy"][key], value), key
+    assert {"metagenrl-nav-mc", "metagenrl-pen-mc"} <= set(metagenrl.available_pretrained())
+    actor, critic, batch, params = _setup(dtype=torch.float32)
+    for name in metagenrl.available_pretrained():
+        objective, meta = metagenrl.load_pretrained(name)
+        assert meta["steps"] > 0 and len(meta["config"]["envs"].split(",")) == 2
+        assert not any(p.requires_grad for p in objective.parameters())
+        params = {n: p.requires_grad_() for n, p in params.items()}
+        loss = objective(objective_features(actor, params, critic, batch))
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        assert loss.isfinite() and any(g is not None and g.abs().sum() > 0 for g in grads)
+    with pytest.raises(KeyError, match="ships"):
+        metagenrl.load_pretrained("no-such-objective")
+    experiments.run_training("maml-sine", tmp_path / "sine", overrides={"steps": 1}, progress=False)
+    with pytest.raises(ValueError, match="not a MetaGenRL"):
+        metagenrl.export_pretrained(tmp_path / "sine", tmp_path / "wrong.pt")
