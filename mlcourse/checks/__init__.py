@@ -12,5 +12,6 @@ from mlcourse.checks.lesson05 import *  # noqa: F403
 from mlcourse.checks.lesson06 import *  # noqa: F403
 from mlcourse.checks.lesson07 import *  # noqa: F403
 from mlcourse.checks.lesson08 import *  # noqa: F403
+from mlcourse.checks.lesson09 import *  # noqa: F403
 
 __all__ = ["REGISTRY", "RESULTS", "CheckResult", "Fail", "check", "expect_tensor"]
