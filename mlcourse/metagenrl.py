@@ -293,7 +293,7 @@ def make_env(name: str, generator: torch.Generator, device=None):
     raise ValueError(f"unknown environment family {name!r}; choose one of {ENVS}")
 
 
-def _normalized(batch: dict[str, Tensor], critic: TwinCritic) -> Tensor:
+def value_scale(batch: dict[str, Tensor], critic: TwinCritic) -> Tensor:
     """A scale for the value features: the spread of Q over the batch (detached)."""
     with torch.no_grad():
         q = critic(batch["obs"], batch["actions"])[0]
@@ -396,7 +396,7 @@ class Agent:
 
     def actor_loss(self, batch: dict[str, Tensor], objective: nn.Module | None) -> Tensor:
         """The learned objective's loss (DDPG's −Q when ``objective`` is None)."""
-        scale = _normalized(batch, self.critic)
+        scale = value_scale(batch, self.critic)
         if objective is None:
             return ddpg_loss(self.actor, self.actor_params, self.critic, batch, scale)
         features = objective_features(self.actor, self.actor_params, self.critic, batch, scale)
@@ -554,7 +554,7 @@ class MetaGenRLLearner:
             batch = agent.sample(c.batch_size)
             agent.update_critic(batch, self.settings)
             if update_policy:
-                scale = _normalized(batch, agent.critic)
+                scale = value_scale(batch, agent.critic)
                 meta_loss = meta_loss + objective_meta_loss(
                     self.objective,
                     agent.actor,
@@ -724,7 +724,7 @@ def gradient_alignment(
     params = agent.actor_params
     for _ in range(batches):
         batch = agent.sample(batch_size)
-        scale = _normalized(batch, agent.critic)
+        scale = value_scale(batch, agent.critic)
         features = objective_features(agent.actor, params, agent.critic, batch, scale)
         learned = torch.autograd.grad(objective(features), list(params.values()), allow_unused=True)
         ddpg = torch.autograd.grad(
