@@ -955,7 +955,7 @@ def sine_baseline_rows(
     return [
         {"method": "predict 0", "approach": "baseline", "family": "sine", **zero_row,
          "metric": report["metric"]},
-        {"method": f"from scratch ({num_inner_steps} SGD steps)", "approach": "baseline",
+        {"method": f"scratch, {num_inner_steps} SGD steps", "approach": "baseline",
          "family": "sine", **report},
     ]  # fmt: skip
 
@@ -987,7 +987,7 @@ def format_table(rows: Sequence[dict]) -> str:
         ['MAML', 'optimisation', 'sine', 'query', 'MSE', '2.00', '/', '1.00']
     """
     header = (
-        f"{'method':<16} {'approach':<13} {'family':<7} {'metric':<16} {'adaptation curve':<16} "
+        f"{'method':<22} {'approach':<13} {'family':<10} {'metric':<15} {'adaptation curve':<18} "
         f"{'final':>6} {'train s':>10} {'params':>8} {'memory':>10}"
     )
     lines = [header, "-" * len(header)]
@@ -997,8 +997,8 @@ def format_table(rows: Sequence[dict]) -> str:
         params = f"{r['num_params']:,}" if "num_params" in r else "-"
         memory = _bytes(r["saved_bytes"]) if "saved_bytes" in r else "-"
         lines.append(
-            f"{r['method'][:16]:<16} {r['approach']:<13} {r['family']:<7} {r['metric']:<16} "
-            f"{curve:<16} {r['final']:>6.3f} {seconds:>10} {params:>8} {memory:>10}"
+            f"{r['method'][:22]:<22} {r['approach']:<13} {r['family']:<10} {r['metric']:<15} "
+            f"{curve:<18} {r['final']:>6.3f} {seconds:>10} {params:>8} {memory:>10}"
         )
     return "\n".join(lines)
 

@@ -13,6 +13,15 @@ import torch
 from mlcourse import relation as R
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small networks and many small steps: one CPU thread is fastest (and stable under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
@@ -233,7 +242,6 @@ def test_outer_loop_lowers_the_meta_loss(make, family, steps, batch, lr):
     assert _mean(run.losses[-20:]) < _mean(run.losses[:20]) - 0.05
 
 
-@pytest.mark.slow
 def test_outer_loop_teaches_the_blackbox_bandit_to_beat_random():
     """The REINFORCE surrogate's value is no loss to watch; the reward after training is."""
     learner, family = R.BlackBoxBandit(hidden_size=32), R.BanditFamily()
