@@ -600,11 +600,16 @@ class MAMLBandit:
         """Curve: expected reward of the next pull after adapting on ``t`` pulls. Final: mean
         expected reward per pull over a trial of ``num_pulls``, the first ``support_pulls``
         from the initial policy, the rest from the adapted one."""
+        m, n = self.support_pulls, tasks.num_pulls
+        if not 0 < m < n:
+            raise ValueError(
+                f"support_pulls = {m} must lie between 0 and the trial's {n} pulls (exclusive): "
+                "MAML explores with its initial policy for m pulls, then exploits the rest"
+            )
         with torch.no_grad():
             curve = {
                 t: self._objective(params, tasks, generator, t).mean().item() for t in self.pulls
             }
-            m, n = self.support_pulls, tasks.num_pulls
             before = (torch.softmax(params["logits"], -1) * tasks.probs).sum(-1).mean().item()
             after = self._objective(params, tasks, generator, m).mean().item()
         return {

@@ -212,6 +212,12 @@ def test_learners_reject_tasks_of_the_other_kind():
         learner.meta_loss(learner.init_params(), R.SineFamily().sample(2, _gen()), _gen())
 
 
+def test_maml_bandit_needs_pulls_left_to_exploit():
+    learner = R.MAMLBandit(support_pulls=10)
+    with pytest.raises(ValueError, match="support_pulls = 10"):
+        learner.evaluate(learner.init_params(), R.BanditFamily(num_pulls=10).sample(2, _gen()))
+
+
 def test_outer_loop_is_seeded():
     runs = [
         R.outer_loop(
