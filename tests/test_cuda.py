@@ -86,3 +86,33 @@ def test_meta_gradient_on_cuda_equals_the_cpu_one():
         grads[device] = torch.autograd.grad(loss, list(params.values()))
     for cpu, cuda in zip(grads["cpu"], grads["cuda"], strict=True):
         torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-9, atol=1e-11)
+
+
+def _relation_pairs():
+    from mlcourse import relation
+
+    return {
+        "maml-sine": (relation.MAMLSine(), relation.SineFamily()),
+        "blackbox-sine": (relation.BlackBoxSine(hidden_size=8), relation.SineFamily()),
+        "maml-bandit": (relation.MAMLBandit(), relation.BanditFamily(num_arms=5, num_pulls=10)),
+        "blackbox-bandit": (
+            relation.BlackBoxBandit(hidden_size=8),
+            relation.BanditFamily(num_arms=5, num_pulls=10),
+        ),
+        "protonet-chars": (
+            relation.ProtoNetCharacters(hidden_channels=8),
+            relation.CharactersFamily(k_shot=2, k_query=2),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_relation_pairs()))
+def test_the_one_outer_loop_runs_every_learner_on_cuda(name):
+    from mlcourse import relation
+
+    learner, family = _relation_pairs()[name]
+    row = relation.compare(
+        learner, family, steps=2, meta_batch_size=2, meta_lr=1e-3, eval_tasks=4, device="cuda"
+    )
+    assert all(p.device.type == "cuda" for p in row["params"].values())
+    assert len(row["losses"]) == 2 and row["saved_bytes"] > 0
