@@ -127,6 +127,7 @@ def rollout(
     per_goal: bool = False,
     generator: torch.Generator | None = None,
     max_steps: int = 100,
+    action_scale: float = 1.0,
 ) -> Trajectories:
     """Samples ``num_trajectories`` trajectories in each goal, all goals at once.
 
@@ -138,6 +139,10 @@ def rollout(
         per_goal: whether ``params`` has a leading goal dimension.
         generator: for the action noise (on the goals' device).
         max_steps: the episode limit.
+        action_scale: the environment receives ``action_scale * a`` (then clips it to ±0.1)
+            for the policy's action ``a``, as rllab's ``normalize`` wrapper in the MAML paper's
+            code does (0.1: the policy acts in units of the action range). The trajectories
+            record ``a`` itself.
 
     Returns:
         :class:`Trajectories` (time cut at the last step any trajectory was alive).
@@ -159,7 +164,9 @@ def rollout(
         mean, log_std = mean_and_log_std(o)
         noise = torch.randn(mean.shape, generator=generator, device=device)
         actions = mean + noise * torch.exp(log_std)
-        obs, reward, terminated, truncated, _ = envs.step(actions.reshape(G * M, -1))
+        obs, reward, terminated, truncated, _ = envs.step(
+            (action_scale * actions).reshape(G * M, -1)
+        )
         mask = alive.view(G, M).to(goals.dtype)
         record["obs"].append(o)
         record["actions"].append(actions)
@@ -321,17 +328,25 @@ def evaluate(
     inner_lr: float = 0.1,
     gamma: float = 0.99,
     generator: torch.Generator | None = None,
+    action_scale: float = 1.0,
 ) -> list[float]:
     """Average return per trajectory after 0, 1, ..., ``inner_steps`` adaptation steps.
 
     Step k samples ``num_trajectories`` trajectories per goal with the current (per-goal)
-    parameters, records their mean return, then adapts on them.
+    parameters, records their mean return, then adapts on them. ``action_scale`` as in
+    :func:`rollout` (the one the policy was trained with).
     """
     returns = []
     current, per_goal = params, False
     for step in range(inner_steps + 1):
         trajectories = rollout(
-            policy, current, goals, num_trajectories, per_goal=per_goal, generator=generator
+            policy,
+            current,
+            goals,
+            num_trajectories,
+            per_goal=per_goal,
+            generator=generator,
+            action_scale=action_scale,
         )
         returns.append(trajectories.returns.mean().item())
         if step < inner_steps:
@@ -375,6 +390,11 @@ class NavConfig:
     estimator: str = _opt("dice", f"MAML's inner surrogate: one of {', '.join(ESTIMATORS)}")
     reptile_inner_steps: int = _opt(3, "Reptile: policy-gradient steps per goal")
     hidden: str = _opt("100,100", "hidden layer widths, comma separated")
+    action_scale: float = _opt(
+        1.0,
+        "the environment gets action_scale × the policy's action (0.1: the policy acts in units"
+        " of the ±0.1 action range, as rllab's normalize() in the MAML paper's code)",
+    )
     checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
     log_every: int = _opt(5, "iterations between log lines")
 
@@ -457,7 +477,12 @@ class NavLearner:
         if c.algorithm == "reptile":
             return self._reptile_step(goals)
         pre = rollout(
-            self.policy, self._detached(), goals, c.trajectories, generator=self.generator
+            self.policy,
+            self._detached(),
+            goals,
+            c.trajectories,
+            generator=self.generator,
+            action_scale=c.action_scale,
         )
         if c.algorithm == "pretrain":
             post, params = pre, None
@@ -465,7 +490,13 @@ class NavLearner:
             with torch.no_grad():
                 adapted = adapt(self.policy, self.params, pre, inner_lr=c.inner_lr, gamma=c.gamma)
             post = rollout(
-                self.policy, adapted, goals, c.trajectories, per_goal=True, generator=self.generator
+                self.policy,
+                adapted,
+                goals,
+                c.trajectories,
+                per_goal=True,
+                generator=self.generator,
+                action_scale=c.action_scale,
             )
             params = self.params
         advantages = normalized_advantages(post, c.gamma)
@@ -511,6 +542,7 @@ class NavLearner:
                 c.trajectories,
                 per_goal=per_goal,
                 generator=self.generator,
+                action_scale=c.action_scale,
             )
             first = trajectories if first is None else first
             with torch.no_grad():
@@ -586,6 +618,7 @@ def evaluate_learner(
         inner_lr=c.inner_lr,
         gamma=c.gamma,
         generator=generator,
+        action_scale=c.action_scale,
     )
     return {"returns": returns}
 

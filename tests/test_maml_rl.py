@@ -33,6 +33,20 @@ def test_rollout_shapes_masks_and_log_probs():
     assert torch.allclose(logp, t.logp, atol=1e-5)
 
 
+def test_action_scale_moves_the_point_by_the_scaled_clipped_action():
+    policy, params, goals, _ = setup()
+    for scale in (1.0, 0.1):
+        gen = torch.Generator().manual_seed(5)
+        t = M.rollout(
+            policy, detached(params), goals, 4, generator=gen, max_steps=3, action_scale=scale
+        )
+        moved = t.obs[:, 1] - t.obs[:, 0]  # (G, M, 2): the first step of every trajectory
+        expected = (scale * t.actions[:, 0]).clamp(-0.1, 0.1)
+        assert torch.allclose(moved, expected, atol=1e-6), scale
+        if scale == 0.1:  # the policy's unit-scale noise no longer saturates the clip
+            assert (moved.abs() < 0.1 - 1e-6).float().mean() > 0.3
+
+
 def test_linear_baseline_fits_a_linear_target_exactly():
     obs = torch.randn(20, 5, 2, dtype=torch.float64)
     mask = torch.ones(20, 5, dtype=torch.float64)
