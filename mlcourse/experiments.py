@@ -214,6 +214,13 @@ def _nav_eval_args(parser: argparse.ArgumentParser) -> None:
         help="evaluate the run's initial parameters instead (the random-initialisation baseline)",
     )
     parser.add_argument("--seed", type=int, default=maml_rl.EVAL_SEED, help="seed of the goals")
+    parser.add_argument(
+        "--later-inner-lr",
+        type=float,
+        default=None,
+        help="step size of the steps after the first (default: half the run's inner_lr, as in"
+        " the MAML paper's test script)",
+    )
 
 
 def _nav_evaluate(learner: maml_rl.NavLearner, opts: argparse.Namespace) -> dict:
@@ -224,6 +231,7 @@ def _nav_evaluate(learner: maml_rl.NavLearner, opts: argparse.Namespace) -> dict
         num_goals=opts.goals,
         seed=opts.seed,
         untrained=opts.untrained,
+        later_inner_lr=opts.later_inner_lr,
     )
     return {
         "inner_steps": opts.inner_steps,

@@ -329,13 +329,18 @@ def evaluate(
     gamma: float = 0.99,
     generator: torch.Generator | None = None,
     action_scale: float = 1.0,
+    later_inner_lr: float | None = None,
 ) -> list[float]:
     """Average return per trajectory after 0, 1, ..., ``inner_steps`` adaptation steps.
 
     Step k samples ``num_trajectories`` trajectories per goal with the current (per-goal)
-    parameters, records their mean return, then adapts on them. ``action_scale`` as in
-    :func:`rollout` (the one the policy was trained with).
+    parameters, records their mean return, then adapts on them: the first step with
+    ``inner_lr``, the later ones with ``later_inner_lr`` (default ``inner_lr / 2``, the MAML
+    paper's test protocol: its script runs rllab's VPG with ``init_learning_rate`` for the
+    first step and half of it afterwards, 4000 steps = 40 trajectories per step).
+    ``action_scale`` as in :func:`rollout` (the one the policy was trained with).
     """
+    later_inner_lr = inner_lr / 2 if later_inner_lr is None else later_inner_lr
     returns = []
     current, per_goal = params, False
     for step in range(inner_steps + 1):
@@ -350,8 +355,9 @@ def evaluate(
         )
         returns.append(trajectories.returns.mean().item())
         if step < inner_steps:
+            step_size = inner_lr if step == 0 else later_inner_lr
             current = adapt(
-                policy, current, trajectories, inner_lr=inner_lr, gamma=gamma, per_goal=per_goal
+                policy, current, trajectories, inner_lr=step_size, gamma=gamma, per_goal=per_goal
             )
             per_goal = True
     return returns
@@ -596,9 +602,11 @@ def evaluate_learner(
     num_goals: int = 40,
     seed: int = EVAL_SEED,
     untrained: bool = False,
+    later_inner_lr: float | None = None,
 ) -> dict:
     """The MAML paper's protocol on ``num_goals`` held-out goals: the average return after
-    0, 1, ..., ``inner_steps`` policy-gradient steps of size ``config.inner_lr``.
+    0, 1, ..., ``inner_steps`` policy-gradient steps, the first of size ``config.inner_lr``,
+    the later ones of ``later_inner_lr`` (default: half of it, see :func:`evaluate`).
 
     With ``untrained``, the same protocol from the run's *initial* parameters (the random
     initialisation baseline)."""
@@ -619,8 +627,10 @@ def evaluate_learner(
         gamma=c.gamma,
         generator=generator,
         action_scale=c.action_scale,
+        later_inner_lr=later_inner_lr,
     )
-    return {"returns": returns}
+    later = c.inner_lr / 2 if later_inner_lr is None else later_inner_lr
+    return {"returns": returns, "inner_lr": c.inner_lr, "later_inner_lr": later}
 
 
 def export_pretrained(run: str | Path, path: str | Path, note: str = "") -> dict:

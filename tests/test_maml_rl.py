@@ -99,6 +99,31 @@ def test_evaluate_reports_every_step():
     assert len(returns) == 3 and all(r < 0 for r in returns)
 
 
+def test_evaluate_follows_the_papers_step_sizes(monkeypatch):
+    policy, params, goals, gen = setup()
+    sizes, adapt = [], M.adapt
+
+    def recording_adapt(*args, inner_lr, **kwargs):
+        sizes.append(inner_lr)
+        return adapt(*args, inner_lr=inner_lr, **kwargs)
+
+    monkeypatch.setattr(M, "adapt", recording_adapt)
+    M.evaluate(policy, detached(params), goals, inner_steps=3, num_trajectories=2, generator=gen)
+    assert sizes == [0.1, 0.05, 0.05]  # the first step, then half of it
+    sizes.clear()
+    M.evaluate(
+        policy,
+        detached(params),
+        goals,
+        inner_steps=2,
+        num_trajectories=2,
+        inner_lr=0.3,
+        later_inner_lr=0.3,
+        generator=gen,
+    )
+    assert sizes == [0.3, 0.3]
+
+
 def test_every_algorithm_trains_resumes_and_evaluates(tmp_path, capsys):
     import json
 
