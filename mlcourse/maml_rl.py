@@ -418,11 +418,13 @@ class NavConfig:
         return tuple(int(h) for h in str(self.hidden).split(",") if h.strip())
 
 
+# New runs act in units of the action range, as the paper's code does (NavConfig's own default,
+# 1.0, is what runs saved before the option existed used, so they load unchanged).
 EXPERIMENTS: dict[str, dict] = {
-    "maml-rl-nav": {"algorithm": "maml"},
-    "fomaml-rl-nav": {"algorithm": "fomaml"},
-    "reptile-rl-nav": {"algorithm": "reptile", "outer_lr": 0.1},
-    "pretrain-nav": {"algorithm": "pretrain"},
+    "maml-rl-nav": {"algorithm": "maml", "action_scale": 0.1},
+    "fomaml-rl-nav": {"algorithm": "fomaml", "action_scale": 0.1},
+    "reptile-rl-nav": {"algorithm": "reptile", "outer_lr": 0.1, "action_scale": 0.1},
+    "pretrain-nav": {"algorithm": "pretrain", "action_scale": 0.1},
 }
 DESCRIPTIONS = {
     "maml": "MAML for RL (DiCE inner step, PPO outer step) on 2D navigation",

@@ -206,3 +206,18 @@ def test_shipped_policy_loads_and_adapts():
     assert returns[1] > returns[0] + 10  # about −40 before, −14 after on these goals
     with pytest.raises(KeyError, match="ships"):
         M.load_pretrained("rl2-bandit-k5-n10")
+
+
+def test_new_runs_act_in_units_of_the_action_range_and_old_runs_load_unchanged(tmp_path):
+    from mlcourse.experiments import load_learner, run_training
+
+    small = dict(meta_batch_size=2, trajectories=2, hidden="8,8", epochs=1, steps=1)
+    run_training("fomaml-rl-nav", tmp_path / "run", overrides=small, progress=False)
+    learner, _ = load_learner("fomaml-rl-nav", tmp_path / "run", "cpu")
+    assert learner.config.action_scale == 0.1
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    del state["config"]["action_scale"]  # a run saved before the option existed
+    torch.save(state, path)
+    learner, _ = load_learner("fomaml-rl-nav", tmp_path / "run", "cpu")
+    assert learner.config.action_scale == 1.0
