@@ -221,3 +221,4 @@ def test_new_runs_act_in_units_of_the_action_range_and_old_runs_load_unchanged(t
     torch.save(state, path)
     learner, _ = load_learner("fomaml-rl-nav", tmp_path / "run", "cpu")
     assert learner.config.action_scale == 1.0
+    assert M.load_pretrained("fomaml-rl-nav")[2].action_scale == 0.1  # the shipped policy
