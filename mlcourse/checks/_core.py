@@ -120,6 +120,13 @@ def check(lesson: str, points: float = 1.0) -> Callable:
     return decorate
 
 
+def probe(params: dict) -> torch.Tensor:
+    """A fixed scalar function of a parameter dictionary (Σ over names, sorted, of
+    ``(i + 1) · tensor.sum()``): differentiating it tells whether, and how, a set of updated
+    parameters depends on what it was computed from."""
+    return sum((params[n] * (i + 1)).sum() for i, n in enumerate(sorted(params)))
+
+
 def _where(err: Exception) -> str:
     frames = traceback.extract_tb(err.__traceback__)[-2:]
     return " <- ".join(f"{f.name} line {f.lineno}" for f in reversed(frames))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mlcourse.checks._core import Fail, check, expect_tensor
+from mlcourse.checks._core import Fail, check, expect_tensor, probe
 
 LESSON = "07_maml_rl"
 
@@ -165,17 +165,17 @@ def policy_inner_step(fn: Callable) -> str:
         )
     for n in params:
         expect_tensor(got[n].detach(), expected[n].detach(), f"θ'['{n}']", atol=1e-10)
-    meta = sum((v * (i + 1)).sum() for i, v in enumerate(got[n] for n in sorted(got)))
+    meta = probe(got)
     if meta.grad_fn is None:
         raise Fail(
             "θ' does not depend on θ: the step was taken on detached tensors",
             "keep the graph: torch.autograd.grad(..., create_graph=True)",
         )
-    want = sum((v * (i + 1)).sum() for i, v in enumerate(expected[n] for n in sorted(expected)))
+    want = probe(expected)
     g_got = torch.autograd.grad(meta, list(params.values()), allow_unused=True)
     g_want = torch.autograd.grad(want, list(params.values()))
     first = {n: p + 0.1 * g.detach() for (n, p), g in zip(params.items(), grads, strict=True)}
-    f = sum((v * (i + 1)).sum() for i, v in enumerate(first[n] for n in sorted(first)))
+    f = probe(first)
     g_first = torch.autograd.grad(f, list(params.values()))
     for name, a, b, c in zip(params, g_got, g_want, g_first, strict=True):
         if a is None:

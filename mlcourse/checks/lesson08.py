@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mlcourse.checks._core import Fail, check, expect_tensor
+from mlcourse.checks._core import Fail, check, expect_tensor, probe
 
 LESSON = "08_learned_objectives"
 
@@ -161,20 +161,20 @@ def normalized_step(fn: Callable) -> str:
             raise Fail(what, "θ' = θ − η g / ‖g‖, ‖g‖ = sqrt(Σ over tensors of (g²).sum())")
     for n in params:
         expect_tensor(got[n].detach(), want[n].detach(), f"θ'['{n}']", atol=1e-10)
-    probe = sum((v * (i + 1)).sum() for i, v in enumerate(got[n] for n in sorted(got)))
-    if probe.grad_fn is None:
+    scalar = probe(got)
+    if scalar.grad_fn is None:
         raise Fail(
             "θ' does not depend on the objective: the step was taken on detached gradients",
             "torch.autograd.grad(loss(params), params, create_graph=True)",
         )
-    (g_got,) = torch.autograd.grad(probe, [alpha], allow_unused=True)
+    (g_got,) = torch.autograd.grad(scalar, [alpha], allow_unused=True)
     if g_got is None:
         raise Fail(
             "θ' carries no gradient to the objective's parameters: compute the gradient with "
             "create_graph=True, or the objective cannot be meta-trained",
             "torch.autograd.grad(loss(params), params, create_graph=True)",
         )
-    ref = sum((v * (i + 1)).sum() for i, v in enumerate(want[n] for n in sorted(want)))
+    ref = probe(want)
     (g_want,) = torch.autograd.grad(ref, [alpha])
     expect_tensor(g_got, g_want, "the gradient of θ' with respect to the objective", atol=1e-9)
     return "θ' = θ − η g/‖g‖ with one global norm, differentiable in the objective's parameters"
