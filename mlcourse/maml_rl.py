@@ -387,6 +387,10 @@ class NavConfig:
     inner_lr: float = _opt(0.1, "step size of the inner policy-gradient step")
     gamma: float = _opt(0.99, "discount factor")
     outer_lr: float = _opt(3e-4, "Adam step size of the outer loop (Reptile: interpolation ε)")
+    log_std_lr: float = _opt(
+        0.0,
+        "Adam step size of the policy's log σ alone (0: outer_lr, like every other parameter)",
+    )
     epochs: int = _opt(5, "PPO epochs per meta-iteration (MAML, first-order MAML, pretraining)")
     clip: float = _opt(0.2, "PPO clipping ε")
     max_grad_norm: float = _opt(1.0, "gradient clipping (global norm)")
@@ -412,6 +416,10 @@ class NavConfig:
         for name in ("steps", "meta_batch_size", "trajectories", "epochs", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.log_std_lr < 0:
+            raise ValueError(
+                f"log_std_lr must be 0 (same as outer_lr) or positive, got {self.log_std_lr}"
+            )
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
@@ -451,7 +459,6 @@ class NavLearner:
 
     def __init__(self, config: NavConfig, device: torch.device | str = "cpu"):
         from mlcourse.rl.policies import GaussianMLPPolicy
-        from mlcourse.training import make_adam
 
         self.config = config
         self.device = torch.device(device)
@@ -460,14 +467,23 @@ class NavLearner:
             self.policy = GaussianMLPPolicy(2, 2, config.hidden_sizes)
         self.policy.to(self.device)
         self.params = dict(self.policy.named_parameters())
-        self.optimizer = (
-            None
-            if config.algorithm == "reptile"
-            else make_adam(self.policy.parameters(), lr=config.outer_lr)
-        )
+        self.optimizer = None if config.algorithm == "reptile" else self._make_optimizer()
         self.goal_generator = torch.Generator().manual_seed(config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self._stats: dict[str, list[float]] = {}
+
+    def _make_optimizer(self):
+        from mlcourse.training import make_adam
+
+        c = self.config
+        if not c.log_std_lr:
+            return make_adam(self.policy.parameters(), lr=c.outer_lr)
+        # Adam moves each parameter by about its step size per update whatever the gradient's
+        # size, so log σ, pushed the same way at every iteration, shrinks by at most
+        # outer_lr × epochs per meta-iteration; its own step size lifts that limit.
+        rest = [p for n, p in self.policy.named_parameters() if n != "log_std"]
+        groups = [{"params": rest}, {"params": [self.policy.log_std], "lr": c.log_std_lr}]
+        return make_adam(groups, lr=c.outer_lr)
 
     def parameters(self):
         return self.policy.parameters()

@@ -188,6 +188,12 @@ class RL2Policy(nn.Module):
         # whether a trial's return is 5 or 500.
         self.register_buffer("value_scale", torch.ones(()))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Runs saved before the value normalisation existed had no value_scale: their value
+        # head predicted values directly, which is value_scale = 1.
+        state_dict.setdefault(prefix + "value_scale", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def initial_state(self, num_trials: int, device=None) -> Tensor:
         """The hidden state at the start of a trial: zeros, ``(1, num_trials, hidden_size)``."""
         dtype = self.gru.weight_hh_l0.dtype

@@ -222,3 +222,29 @@ def test_new_runs_act_in_units_of_the_action_range_and_old_runs_load_unchanged(t
     learner, _ = load_learner("fomaml-rl-nav", tmp_path / "run", "cpu")
     assert learner.config.action_scale == 1.0
     assert M.load_pretrained("fomaml-rl-nav")[2].action_scale == 0.1  # the shipped policy
+
+
+def test_log_std_gets_its_own_step_size_only_when_asked(tmp_path):
+    from mlcourse.experiments import load_learner, run_training
+
+    small = dict(meta_batch_size=2, trajectories=2, hidden="8,8", epochs=3, steps=2)
+    runs = {}
+    for name, lr in (("same", 0.0), ("own", 0.05)):
+        run_training(
+            "fomaml-rl-nav",
+            tmp_path / name,
+            overrides={**small, "log_std_lr": lr},
+            progress=False,
+        )
+        runs[name], _ = load_learner("fomaml-rl-nav", tmp_path / name, "cpu")  # resumes too
+    assert len(runs["same"].optimizer.param_groups) == 1
+    groups = runs["own"].optimizer.param_groups
+    assert [g["lr"] for g in groups] == [3e-4, 0.05]
+    assert groups[1]["params"] == [runs["own"].policy.log_std]
+    # Adam moves a parameter by about its step size per update: 6 updates of 3e-4 at most for
+    # the shared one, 6 of 0.05 for log σ's own.
+    moved = {k: (r.policy.log_std.detach().abs()).max().item() for k, r in runs.items()}
+    assert moved["same"] <= 6 * 3e-4 * 1.01
+    assert moved["own"] > 0.05
+    with pytest.raises(ValueError, match="log_std_lr"):
+        M.NavConfig(log_std_lr=-1.0)

@@ -281,3 +281,18 @@ def test_export_and_the_shipped_agents(tmp_path):
         assert policy.num_actions == config.action_size and meta["steps"] > 0
     with pytest.raises(KeyError, match="ships"):
         rl2.load_pretrained("no-such-agent")
+
+
+def test_a_policy_saved_before_value_normalisation_loads_with_scale_one():
+    saved = rl2.RL2Policy(5, 5, hidden_size=8)
+    with torch.no_grad():
+        saved.value_scale.fill_(7.0)
+    state = saved.state_dict()
+    del state["value_scale"]  # what runs saved before the buffer existed hold
+    policy = rl2.RL2Policy(5, 5, hidden_size=8)
+    policy.load_state_dict(state)
+    assert policy.value_scale.item() == 1.0
+    assert torch.equal(policy.value_head.weight, saved.value_head.weight)
+    with pytest.raises(RuntimeError, match="gru"):  # any other missing key is still an error
+        del state["gru.weight_ih_l0"]
+        policy.load_state_dict(state)
