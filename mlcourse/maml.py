@@ -184,10 +184,19 @@ def meta_loss(
     params = check_params(model, params)
     _check_inner(params, inner_lr, num_inner_steps)
     x_support, y_support, x_query, y_query = check_tasks(params, tasks)
+    tie_weights = _has_tied_weights(model)  # once per call: it walks the modules
     adapted = _adapt_batch(
-        model, params, x_support, y_support, loss_fn, inner_lr, num_inner_steps, first_order
+        model,
+        params,
+        x_support,
+        y_support,
+        loss_fn,
+        inner_lr,
+        num_inner_steps,
+        first_order,
+        tie_weights,
     )
-    return _task_losses(model, loss_fn, adapted, x_query, y_query).mean()
+    return _task_losses(model, loss_fn, adapted, x_query, y_query, tie_weights).mean()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,11 +229,20 @@ def adapt_reference(
 
 
 def _adapt_reference(
-    model, params, x_support, y_support, loss_fn, inner_lr, num_inner_steps, first_order
+    model,
+    params,
+    x_support,
+    y_support,
+    loss_fn,
+    inner_lr,
+    num_inner_steps,
+    first_order,
+    tie_weights: bool | None = None,
 ) -> Params:
     names = list(params)
     params = {n: p if p.requires_grad else p.detach().requires_grad_() for n, p in params.items()}
-    tie_weights = _has_tied_weights(model)
+    if tie_weights is None:
+        tie_weights = _has_tied_weights(model)
     with torch.enable_grad():
         for _ in range(num_inner_steps):
             prediction = functional_call(model, params, (x_support,), tie_weights=tie_weights)
@@ -261,7 +279,7 @@ def meta_loss_loop(
     losses = []
     for xs, ys, xq, yq in zip(x_support, y_support, x_query, y_query, strict=True):
         adapted = _adapt_reference(
-            model, params, xs, ys, loss_fn, inner_lr, num_inner_steps, first_order
+            model, params, xs, ys, loss_fn, inner_lr, num_inner_steps, first_order, tie_weights
         )
         prediction = functional_call(model, adapted, (xq,), tie_weights=tie_weights)
         losses.append(loss_fn(prediction, yq))
@@ -303,6 +321,7 @@ def _adapt_batch(
     inner_lr: LearningRate,
     num_inner_steps: int,
     first_order: bool,
+    tie_weights: bool | None = None,
 ) -> Params:
     """All tasks at once, on *batched parameters*: one copy of θ per task, ``(T, *shape)``.
 
@@ -316,13 +335,15 @@ def _adapt_batch(
     # Under the caller's no_grad (e.g. evaluation), build no graph at all.
     differentiable = torch.is_grad_enabled() and not first_order
     batched = {n: p.expand(num_tasks, *p.shape) for n, p in params.items()}
+    if tie_weights is None:
+        tie_weights = _has_tied_weights(model)
     for _ in range(num_inner_steps):
         with torch.enable_grad():
             at = {
                 n: p if differentiable and p.requires_grad else p.detach().requires_grad_()
                 for n, p in batched.items()
             }
-            losses = _task_losses(model, loss_fn, at, x_support, y_support)
+            losses = _task_losses(model, loss_fn, at, x_support, y_support, tie_weights)
             grads = torch.autograd.grad(
                 losses.sum(), list(at.values()), create_graph=differentiable, allow_unused=True
             )
@@ -342,11 +363,21 @@ def _step(p: Tensor, g: Tensor | None, lr) -> Tensor:
     return p - lr * g
 
 
-def _task_losses(model: nn.Module, loss_fn: LossFn, params: Params, x: Tensor, y: Tensor) -> Tensor:
-    """``(T,)`` losses of ``T`` tasks, each under its own row of the batched ``params``."""
-    # Re-tying shared weights costs a walk over the modules on every call: only pay it for a
-    # model that has tied weights.
-    tie_weights = _has_tied_weights(model)
+def _task_losses(
+    model: nn.Module,
+    loss_fn: LossFn,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    tie_weights: bool | None = None,
+) -> Tensor:
+    """``(T,)`` losses of ``T`` tasks, each under its own row of the batched ``params``.
+
+    Re-tying shared weights costs a walk over the modules on every call, so it is only asked
+    of a model that has tied weights (``tie_weights``; found out here if ``None``).
+    """
+    if tie_weights is None:
+        tie_weights = _has_tied_weights(model)
 
     def one_task(p: Params, xt: Tensor, yt: Tensor) -> Tensor:
         return loss_fn(functional_call(model, p, (xt,), tie_weights=tie_weights), yt)

@@ -13,7 +13,14 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from mlcourse.maml import LossFn, Params, _adapt_batch, _adapt_reference, _check_inner
+from mlcourse.maml import (
+    LossFn,
+    Params,
+    _adapt_batch,
+    _adapt_reference,
+    _check_inner,
+    _has_tied_weights,
+)
 from mlcourse.validation import check_model, check_params, check_tasks
 
 
@@ -63,8 +70,11 @@ def reptile_step(
     _check_inner(theta, inner_lr, num_inner_steps)
     x_support, y_support, _, _ = check_tasks(theta, tasks, allow_ragged=serial)
     if serial:
+        tie = _has_tied_weights(model)
         for xs, ys in zip(x_support, y_support, strict=True):
-            phi = _adapt_reference(model, theta, xs, ys, loss_fn, inner_lr, num_inner_steps, True)
+            phi = _adapt_reference(
+                model, theta, xs, ys, loss_fn, inner_lr, num_inner_steps, True, tie
+            )
             theta = {n: (t + outer_lr * (phi[n].detach() - t)) for n, t in theta.items()}
         return theta
     with torch.no_grad():
@@ -89,8 +99,9 @@ def reptile_step_loop(
     theta = {n: p.detach() for n, p in check_params(model, params).items()}
     x_support, y_support, _, _ = check_tasks(theta, tasks, allow_ragged=True)
     displacement = {n: torch.zeros_like(t) for n, t in theta.items()}
+    tie = _has_tied_weights(model)  # once: it walks the modules
     for xs, ys in zip(x_support, y_support, strict=True):
-        phi = _adapt_reference(model, theta, xs, ys, loss_fn, inner_lr, num_inner_steps, True)
+        phi = _adapt_reference(model, theta, xs, ys, loss_fn, inner_lr, num_inner_steps, True, tie)
         for n in theta:
             displacement[n] += phi[n].detach() - theta[n]
     return {n: t + outer_lr * displacement[n] / len(x_support) for n, t in theta.items()}
