@@ -311,6 +311,12 @@ def outer_loss(
         estimator=estimator,
     )
     logp = log_prob_per_goal(policy, adapted, post.obs, post.actions)
+    return clipped_loss(logp, post, advantages, clip)
+
+
+def clipped_loss(logp: Tensor, post: Trajectories, advantages: Tensor, clip: float) -> Tensor:
+    """PPO's clipped objective, negated and averaged over the valid steps of ``post``, for
+    the log-probabilities ``logp`` that the current parameters give its actions."""
     ratio = torch.exp((logp - post.logp) * post.mask)
     clipped = ratio.clamp(1.0 - clip, 1.0 + clip)
     surrogate = torch.minimum(ratio * advantages, clipped * advantages) * post.mask
@@ -399,6 +405,11 @@ class NavConfig:
     )
     estimator: str = _opt("dice", f"MAML's inner surrogate: one of {', '.join(ESTIMATORS)}")
     reptile_inner_steps: int = _opt(3, "Reptile: policy-gradient steps per goal")
+    inner_steps: int = _opt(
+        1,
+        "first-order MAML: policy-gradient steps of the inner loop while meta-training (the"
+        " first of inner_lr, the later ones of inner_lr / 2, as at test time)",
+    )
     hidden: str = _opt("100,100", "hidden layer widths, comma separated")
     action_scale: float = _opt(
         1.0,
@@ -413,9 +424,22 @@ class NavConfig:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        for name in ("steps", "meta_batch_size", "trajectories", "epochs", "log_every"):
+        for name in (
+            "steps",
+            "meta_batch_size",
+            "trajectories",
+            "epochs",
+            "log_every",
+            "inner_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.inner_steps > 1 and self.algorithm != "fomaml":
+            raise ValueError(
+                f"inner_steps={self.inner_steps} is for first-order MAML (algorithm 'fomaml'): "
+                "second-order MAML here differentiates through one policy-gradient step, and "
+                "Reptile takes reptile_inner_steps"
+            )
         if self.log_std_lr < 0:
             raise ValueError(
                 f"log_std_lr must be 0 (same as outer_lr) or positive, got {self.log_std_lr}"
@@ -511,27 +535,47 @@ class NavLearner:
         if c.algorithm == "pretrain":
             post, params = pre, None
         else:
-            with torch.no_grad():
-                adapted = adapt(self.policy, self.params, pre, inner_lr=c.inner_lr, gamma=c.gamma)
-            post = rollout(
-                self.policy,
-                adapted,
-                goals,
-                c.trajectories,
-                per_goal=True,
-                generator=self.generator,
-                action_scale=c.action_scale,
-            )
+            adapted, post, per_goal = self._detached(), pre, False
+            for k in range(c.inner_steps):
+                with torch.no_grad():
+                    adapted = adapt(
+                        self.policy,
+                        adapted,
+                        post,
+                        inner_lr=c.inner_lr if k == 0 else c.inner_lr / 2,
+                        gamma=c.gamma,
+                        per_goal=per_goal,
+                    )
+                post = rollout(
+                    self.policy,
+                    adapted,
+                    goals,
+                    c.trajectories,
+                    per_goal=True,
+                    generator=self.generator,
+                    action_scale=c.action_scale,
+                )
+                per_goal = True
             params = self.params
+        # First order over several steps: θ_k(θ) = θ + (θ_k − θ) with the displacement held
+        # constant, so the gradient of the post-adaptation loss at θ_k is applied to θ.
+        shift = (
+            {n: (adapted[n] - p.detach()) for n, p in self.params.items()}
+            if c.inner_steps > 1
+            else None
+        )
         advantages = normalized_advantages(post, c.gamma)
         old = self._detached()
         for _ in range(c.epochs):
             if params is None:  # joint training: PPO on the shared policy itself
                 logp = log_prob(self.policy, self.params, post.obs, post.actions)
-                ratio = torch.exp((logp - post.logp) * post.mask)
-                clipped = ratio.clamp(1 - c.clip, 1 + c.clip)
-                surrogate = torch.minimum(ratio * advantages, clipped * advantages) * post.mask
-                loss = -surrogate.sum() / post.mask.sum()
+                loss = clipped_loss(logp, post, advantages, c.clip)
+            elif shift is not None:
+                at = {n: p + shift[n] for n, p in self.params.items()}
+                logp = log_prob_per_goal(self.policy, at, post.obs, post.actions)
+                loss = clipped_loss(logp, post, advantages, c.clip)
+                if c.pre_kl_coef > 0:
+                    loss = loss + c.pre_kl_coef * pre_update_kl(self.policy, old, params, pre)
             else:
                 loss = outer_loss(
                     self.policy,

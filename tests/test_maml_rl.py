@@ -248,3 +248,51 @@ def test_log_std_gets_its_own_step_size_only_when_asked(tmp_path):
     assert moved["own"] > 0.05
     with pytest.raises(ValueError, match="log_std_lr"):
         M.NavConfig(log_std_lr=-1.0)
+
+
+def test_first_order_maml_over_several_inner_steps_applies_the_gradient_at_the_last(monkeypatch):
+    config = M.NavConfig(
+        algorithm="fomaml",
+        inner_steps=3,
+        meta_batch_size=3,
+        trajectories=4,
+        hidden="8,8",
+        epochs=1,
+        pre_kl_coef=0.0,
+        max_grad_norm=1e6,
+        action_scale=0.1,
+    )
+    learner = M.NavLearner(config)
+    before = {n: p.detach().clone() for n, p in learner.params.items()}
+    sampled = []
+    real_rollout = M.rollout
+
+    def spy(policy, params, goals, num, **kwargs):
+        trajectories = real_rollout(policy, params, goals, num, **kwargs)
+        sampled.append((params, trajectories))
+        return trajectories
+
+    monkeypatch.setattr(M, "rollout", spy)
+    learner.step(0)
+    assert len(sampled) == 4  # before adaptation, then after each of the 3 inner steps
+    last, post = sampled[-1]
+    assert all(p.shape[0] == 3 for p in last.values())  # one adapted policy per goal
+    at = {n: p.detach().clone().requires_grad_() for n, p in last.items()}
+    logp = M.log_prob_per_goal(learner.policy, at, post.obs, post.actions)
+    loss = M.clipped_loss(logp, post, M.normalized_advantages(post, config.gamma), config.clip)
+    grads = torch.autograd.grad(loss, list(at.values()))
+    # Adam's first step is −lr · g / (|g| + ε) entrywise, for the summed per-goal gradient at
+    # the adapted parameters.
+    for (name, _), g in zip(at.items(), grads, strict=True):
+        g = g.sum(0)
+        step = learner.params[name].detach() - before[name]
+        assert (g.abs() > 1e-5).any()
+        expected = -config.outer_lr * g / (g.abs() + 1e-8)
+        torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-9)
+
+
+def test_several_inner_steps_are_only_for_first_order_maml():
+    with pytest.raises(ValueError, match="first-order"):
+        M.NavConfig(algorithm="maml", inner_steps=2)
+    with pytest.raises(ValueError, match="inner_steps"):
+        M.NavConfig(algorithm="fomaml", inner_steps=0)
