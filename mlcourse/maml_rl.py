@@ -19,6 +19,7 @@ Parameters are ``dict[str, Tensor]``; per-goal parameters carry a leading goal d
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -294,22 +295,34 @@ def outer_loss(
     gamma: float = 0.99,
     first_order: bool = False,
     estimator: str = "dice",
+    mid: Sequence[Trajectories] = (),
 ) -> Tensor:
     """PPO's clipped objective (negated, to minimise) of the adapted policies on ``post``.
 
     θ'(θ) is recomputed from ``pre`` with :func:`adapt`, so the loss is differentiable in θ
     through the adaptation; the probability ratio compares π_θ'(θ) with the adapted policy
     that sampled ``post`` (``post.logp``).
+
+    With ``mid`` (the trajectories sampled after each inner step but the last), the
+    adaptation takes ``1 + len(mid)`` steps, the later ones of ``inner_lr / 2``:
+    θ_{j+1} = θ_j + α_j ∇J(θ_j; τ_j), each recomputed from θ so that the meta-gradient runs
+    through every step, (I + α_j H_j) per step with H_j the surrogate's Hessian estimate at
+    θ_j from τ_j (MAML's usual form, which, as in the one-step case, leaves out how the
+    sampling of τ_j itself depends on θ).
     """
-    adapted = adapt(
-        policy,
-        params,
-        pre,
-        inner_lr=inner_lr,
-        gamma=gamma,
-        first_order=first_order,
-        estimator=estimator,
-    )
+    adapted, per_goal = params, False
+    for j, trajectories in enumerate((pre, *mid)):
+        adapted = adapt(
+            policy,
+            adapted,
+            trajectories,
+            inner_lr=inner_lr if j == 0 else inner_lr / 2,
+            gamma=gamma,
+            per_goal=per_goal,
+            first_order=first_order,
+            estimator=estimator,
+        )
+        per_goal = True
     logp = log_prob_per_goal(policy, adapted, post.obs, post.actions)
     return clipped_loss(logp, post, advantages, clip)
 
@@ -407,8 +420,8 @@ class NavConfig:
     reptile_inner_steps: int = _opt(3, "Reptile: policy-gradient steps per goal")
     inner_steps: int = _opt(
         1,
-        "first-order MAML: policy-gradient steps of the inner loop while meta-training (the"
-        " first of inner_lr, the later ones of inner_lr / 2, as at test time)",
+        "MAML, first-order MAML: policy-gradient steps of the inner loop while meta-training"
+        " (the first of inner_lr, the later ones of inner_lr / 2, as at test time)",
     )
     hidden: str = _opt("100,100", "hidden layer widths, comma separated")
     action_scale: float = _opt(
@@ -434,11 +447,10 @@ class NavConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.inner_steps > 1 and self.algorithm != "fomaml":
+        if self.inner_steps > 1 and self.algorithm not in ("maml", "fomaml"):
             raise ValueError(
-                f"inner_steps={self.inner_steps} is for first-order MAML (algorithm 'fomaml'): "
-                "second-order MAML here differentiates through one policy-gradient step, and "
-                "Reptile takes reptile_inner_steps"
+                f"inner_steps={self.inner_steps} is for MAML and first-order MAML: Reptile "
+                "takes reptile_inner_steps, and pretraining has no inner loop"
             )
         if self.log_std_lr < 0:
             raise ValueError(
@@ -535,8 +547,9 @@ class NavLearner:
         if c.algorithm == "pretrain":
             post, params = pre, None
         else:
-            adapted, post, per_goal = self._detached(), pre, False
+            adapted, post, per_goal, sampled = self._detached(), pre, False, []
             for k in range(c.inner_steps):
+                sampled.append(post)
                 with torch.no_grad():
                     adapted = adapt(
                         self.policy,
@@ -561,7 +574,7 @@ class NavLearner:
         # constant, so the gradient of the post-adaptation loss at θ_k is applied to θ.
         shift = (
             {n: (adapted[n] - p.detach()) for n, p in self.params.items()}
-            if c.inner_steps > 1
+            if c.inner_steps > 1 and c.algorithm == "fomaml"
             else None
         )
         advantages = normalized_advantages(post, c.gamma)
@@ -588,6 +601,7 @@ class NavLearner:
                     gamma=c.gamma,
                     first_order=c.algorithm == "fomaml",
                     estimator=c.estimator,
+                    mid=sampled[1:],
                 )
                 if c.pre_kl_coef > 0:
                     loss = loss + c.pre_kl_coef * pre_update_kl(self.policy, old, params, pre)

@@ -291,8 +291,67 @@ def test_first_order_maml_over_several_inner_steps_applies_the_gradient_at_the_l
         torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-9)
 
 
-def test_several_inner_steps_are_only_for_first_order_maml():
-    with pytest.raises(ValueError, match="first-order"):
-        M.NavConfig(algorithm="maml", inner_steps=2)
+def test_several_inner_steps_are_for_maml_and_first_order_maml_only():
+    for algorithm in ("reptile", "pretrain"):
+        with pytest.raises(ValueError, match="inner_steps=2 is for MAML"):
+            M.NavConfig(algorithm=algorithm, inner_steps=2)
+    assert M.NavConfig(algorithm="maml", inner_steps=2).inner_steps == 2
     with pytest.raises(ValueError, match="inner_steps"):
         M.NavConfig(algorithm="fomaml", inner_steps=0)
+
+
+@pytest.mark.parametrize("estimator", ["dice", "lvc"])
+def test_two_step_meta_gradient_is_the_chain_of_one_step_jacobians(estimator):
+    """∇θ L(θ₂(θ₁(θ))) = (I + α H₀)(I + α/2 H₁) ∇θ₂ L, with H_j the Hessian of the inner
+    surrogate at θ_j on the trajectories sampled there (exact, float64, one goal)."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(3,)).double()
+    params = dict(policy.named_parameters())
+    names = list(params)
+    gen = torch.Generator().manual_seed(0)
+    goal = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+    lr, kw = 0.1, {"gamma": 0.99, "estimator": estimator}
+    pre = M.rollout(policy, detached(params), goal, 4, generator=gen, max_steps=15)
+    with torch.no_grad():
+        theta1 = M.adapt(policy, params, pre, inner_lr=lr, **kw)
+    mid = M.rollout(policy, theta1, goal, 4, per_goal=True, generator=gen, max_steps=15)
+    with torch.no_grad():
+        theta2 = M.adapt(policy, theta1, mid, inner_lr=lr / 2, per_goal=True, **kw)
+    post = M.rollout(policy, theta2, goal, 4, per_goal=True, generator=gen, max_steps=15)
+    advantages = M.normalized_advantages(post, 0.99)
+
+    loss = M.outer_loss(
+        policy, params, pre, post, advantages, inner_lr=lr, clip=0.2, mid=[mid], **kw
+    )
+    got = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(params.values()))])
+
+    shapes = {n: p.shape for n, p in params.items()}
+
+    def unflatten(flat):
+        out, i = {}, 0
+        for n in names:
+            k = shapes[n].numel()
+            out[n] = flat[i : i + k].reshape(1, *shapes[n])
+            i += k
+        return out
+
+    def flat(d):
+        return torch.cat([d[n].detach().flatten() for n in names])
+
+    def hessian(at, trajectories):
+        def objective(v):
+            return M.inner_objective(
+                policy, unflatten(v), trajectories, gamma=0.99, per_goal=True, estimator=estimator
+            )
+
+        return torch.autograd.functional.hessian(objective, at)
+
+    eye = torch.eye(len(got), dtype=torch.float64)
+    j0 = eye + lr * hessian(flat(params), pre)
+    j1 = eye + lr / 2 * hessian(flat(theta1), mid)
+    at2 = flat(theta2).requires_grad_()
+    logp = M.log_prob_per_goal(policy, unflatten(at2), post.obs, post.actions)
+    (v,) = torch.autograd.grad(M.clipped_loss(logp, post, advantages, 0.2), at2)
+    torch.testing.assert_close(got, j0.T @ j1.T @ v, rtol=1e-8, atol=1e-10)
+    one_step = j0.T @ v  # what forgetting the second step's curvature would give
+    assert (got - one_step).abs().max() > 1e-6
