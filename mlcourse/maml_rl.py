@@ -418,7 +418,7 @@ class NavConfig:
     )
     estimator: str = _opt("dice", f"MAML's inner surrogate: one of {', '.join(ESTIMATORS)}")
     reptile_inner_steps: int = _opt(3, "Reptile: policy-gradient steps per goal")
-    inner_steps: int = _opt(
+    num_inner_steps: int = _opt(
         1,
         "MAML, first-order MAML: policy-gradient steps of the inner loop while meta-training"
         " (the first of inner_lr, the later ones of inner_lr / 2, as at test time)",
@@ -443,13 +443,13 @@ class NavConfig:
             "trajectories",
             "epochs",
             "log_every",
-            "inner_steps",
+            "num_inner_steps",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.inner_steps > 1 and self.algorithm not in ("maml", "fomaml"):
+        if self.num_inner_steps > 1 and self.algorithm not in ("maml", "fomaml"):
             raise ValueError(
-                f"inner_steps={self.inner_steps} is for MAML and first-order MAML: Reptile "
+                f"num_inner_steps={self.num_inner_steps} is for MAML and first-order MAML: Reptile "
                 "takes reptile_inner_steps, and pretraining has no inner loop"
             )
         if self.log_std_lr < 0:
@@ -548,7 +548,7 @@ class NavLearner:
             post, params = pre, None
         else:
             adapted, post, per_goal, sampled = self._detached(), pre, False, []
-            for k in range(c.inner_steps):
+            for k in range(c.num_inner_steps):
                 sampled.append(post)
                 with torch.no_grad():
                     adapted = adapt(
@@ -574,7 +574,7 @@ class NavLearner:
         # constant, so the gradient of the post-adaptation loss at θ_k is applied to θ.
         shift = (
             {n: (adapted[n] - p.detach()) for n, p in self.params.items()}
-            if c.inner_steps > 1 and c.algorithm == "fomaml"
+            if c.num_inner_steps > 1 and c.algorithm == "fomaml"
             else None
         )
         advantages = normalized_advantages(post, c.gamma)

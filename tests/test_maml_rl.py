@@ -253,7 +253,7 @@ def test_log_std_gets_its_own_step_size_only_when_asked(tmp_path):
 def test_first_order_maml_over_several_inner_steps_applies_the_gradient_at_the_last(monkeypatch):
     config = M.NavConfig(
         algorithm="fomaml",
-        inner_steps=3,
+        num_inner_steps=3,
         meta_batch_size=3,
         trajectories=4,
         hidden="8,8",
@@ -293,11 +293,11 @@ def test_first_order_maml_over_several_inner_steps_applies_the_gradient_at_the_l
 
 def test_several_inner_steps_are_for_maml_and_first_order_maml_only():
     for algorithm in ("reptile", "pretrain"):
-        with pytest.raises(ValueError, match="inner_steps=2 is for MAML"):
-            M.NavConfig(algorithm=algorithm, inner_steps=2)
-    assert M.NavConfig(algorithm="maml", inner_steps=2).inner_steps == 2
-    with pytest.raises(ValueError, match="inner_steps"):
-        M.NavConfig(algorithm="fomaml", inner_steps=0)
+        with pytest.raises(ValueError, match="num_inner_steps=2 is for MAML"):
+            M.NavConfig(algorithm=algorithm, num_inner_steps=2)
+    assert M.NavConfig(algorithm="maml", num_inner_steps=2).num_inner_steps == 2
+    with pytest.raises(ValueError, match="num_inner_steps"):
+        M.NavConfig(algorithm="fomaml", num_inner_steps=0)
 
 
 @pytest.mark.parametrize("estimator", ["dice", "lvc"])
