@@ -13,15 +13,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, vmap
 
-from mlcourse.maml import _adapt, meta_loss, meta_loss_loop, params_of
+from mlcourse.maml import compile_meta_loss, meta_loss, meta_loss_loop, params_of
 from mlcourse.models import MLP
-from mlcourse.tasks import Sinusoid, TaskBatch
+from mlcourse.tasks import Sinusoid
 from mlcourse.training import default_device, make_adam
-
-# float32 meta-gradients of compiled and eager code agree to about 1e-6 of their size.
-COMPILED_GRAD_TOLERANCE = 1e-4
 
 
 def _sync(device: torch.device) -> None:
@@ -95,7 +91,8 @@ def maml_sine(
     }
     result: dict = {}
     if compile:
-        compiled, info = _compiled_meta_loss(base, pool[0], kwargs)
+        model = copy.deepcopy(base)
+        compiled, info = compile_meta_loss(model, params_of(model), pool[0], **kwargs)
         result.update(info)
         if compiled is not None:
             variants["compiled"] = _training_step(base, pool, compiled)
@@ -231,49 +228,6 @@ def maml_conv4(
     if compile:
         result["compiled_error"] = "torch.compile is only benchmarked for maml-sine"
     return result
-
-
-def _compiled_meta_loss(model, tasks: TaskBatch, kwargs: dict):
-    """``torch.compile`` of the meta-loss, checked against eager on one batch.
-
-    What is compiled is the pure ``torch.func`` form, ``vmap`` over tasks of the one-task
-    :func:`~mlcourse.maml.adapt` (``grad`` inside): Dynamo traces ``grad`` and ``vmap`` into one
-    graph, whereas ``torch.autograd.grad(create_graph=True)`` inside a compiled region loses the
-    second-order path (AOT autograd has no double backward). A compiled meta-gradient that
-    differs from eager's is reported as an error and not timed.
-    """
-
-    def fn(m, p, t):
-        def one_task(xs, ys, xq, yq):
-            fast = _adapt(m, p, xs, ys, first_order=False, **kwargs)
-            return kwargs["loss_fn"](functional_call(m, fast, (xq,)), yq)
-
-        return vmap(one_task)(t.x_support, t.y_support, t.x_query, t.y_query).mean()
-
-    start = time.perf_counter()
-    try:
-        compiled = torch.compile(fn)
-        model = copy.deepcopy(model)
-        params = params_of(model)
-        names = list(params)
-        eager = meta_loss(model, params, tasks, **kwargs)
-        g_eager = torch.autograd.grad(eager, [params[n] for n in names])
-        g_comp = torch.autograd.grad(compiled(model, params, tasks), [params[n] for n in names])
-    except Exception as err:  # report, do not hide: the eager figures still stand
-        return None, {"compiled_error": f"{type(err).__name__}: {err}"[:500]}
-    diff = max((a - b).abs().max().item() for a, b in zip(g_eager, g_comp, strict=True))
-    scale = max(a.abs().max().item() for a in g_eager)
-    info = {
-        "compile_seconds": round(time.perf_counter() - start, 1),
-        "compiled_max_grad_diff": diff,
-    }
-    if diff > COMPILED_GRAD_TOLERANCE * max(scale, 1.0):
-        info["compiled_error"] = (
-            f"the compiled meta-gradient differs from eager by {diff:.3g} (largest entry "
-            f"{scale:.3g}): not timed"
-        )
-        return None, info
-    return compiled, info
 
 
 def bandit_env(

@@ -9,6 +9,7 @@ points, meta-batches of 25 tasks, one inner step of size 0.01, Adam with step 0.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from mlcourse.maml import _adapt, meta_loss, params_of
+from mlcourse.maml import _adapt, compile_meta_loss, meta_loss, params_of
 from mlcourse.metasgd import init_inner_lrs
 from mlcourse.models import MLP
 from mlcourse.reptile import reptile_step
@@ -46,6 +47,11 @@ class SineConfig:
     num_inner_steps: int = _opt(1, "inner-loop steps during meta-training")
     meta_lr: float = _opt(1e-3, "Adam step size of the outer loop (Reptile: interpolation ε)")
     hidden: str = _opt("40,40", "hidden layer widths, comma separated")
+    compile: bool = _opt(
+        False,
+        "MAML, first-order MAML, Meta-SGD: torch.compile the meta-loss (its pure torch.func"
+        " form, checked against eager on the first batch; eager is used if they differ)",
+    )
     checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
     log_every: int = _opt(100, "steps between log lines")
 
@@ -55,6 +61,11 @@ class SineConfig:
         for name in ("steps", "meta_batch_size", "k_support", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.compile and self.algorithm in ("reptile", "pretrain"):
+            raise ValueError(
+                f"compile is for MAML, first-order MAML and Meta-SGD; {self.algorithm} has no "
+                "meta-loss to compile"
+            )
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
@@ -101,6 +112,21 @@ class SineLearner:
             None if config.algorithm == "reptile" else make_adam(meta_params, lr=config.meta_lr)
         )
         self.generator = torch.Generator().manual_seed(config.seed)
+        self._meta_loss = meta_loss  # compile=True swaps in the compiled form at the first step
+        self.compile_info: dict = {}
+
+    def _compile(self, tasks, kwargs) -> None:
+        compiled, self.compile_info = compile_meta_loss(self.model, self.params, tasks, **kwargs)
+        if compiled is None:
+            warnings.warn(
+                f"torch.compile not used, training continues in eager mode: "
+                f"{self.compile_info['compiled_error']}",
+                stacklevel=2,
+            )
+            self.compile_info["compiled"] = False
+        else:
+            self._meta_loss = lambda model, params, tasks, **_: compiled(model, params, tasks)
+            self.compile_info["compiled"] = True
 
     def sample(self):
         c = self.config
@@ -135,15 +161,15 @@ class SineLearner:
             y = torch.cat([tasks.y_support, tasks.y_query], 1)
             loss = F.mse_loss(self.model(x), y)
         else:
-            loss = meta_loss(
-                self.model,
-                self.params,
-                tasks,
-                loss_fn=F.mse_loss,
-                inner_lr=self.inner_lrs if self.inner_lrs is not None else c.inner_lr,
-                num_inner_steps=c.num_inner_steps,
-                first_order=c.algorithm == "fomaml",
-            )
+            kwargs = {
+                "loss_fn": F.mse_loss,
+                "inner_lr": self.inner_lrs if self.inner_lrs is not None else c.inner_lr,
+                "num_inner_steps": c.num_inner_steps,
+                "first_order": c.algorithm == "fomaml",
+            }
+            if c.compile and not self.compile_info:
+                self._compile(tasks, kwargs)
+            loss = self._meta_loss(self.model, self.params, tasks, **kwargs)
         loss.backward()
         self.optimizer.step()
         return loss.detach()

@@ -186,3 +186,43 @@ def test_checkpoint_from_another_device_type_loads_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="another kind of device"):
         learner, _ = experiments.load_learner("maml-sine", tmp_path, "cpu")
     assert learner.generator.initial_seed() == sum(range(16))
+
+
+def _sine_losses(config, steps):
+    from mlcourse import sine
+
+    learner = sine.SineLearner(config, "cpu")
+    return learner, [learner.step(i).item() for i in range(steps)]
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd"])
+def test_compiled_sine_training_follows_eager(algorithm):
+    """A real torch.compile (about 20 s the first time on a CPU): the compiled meta-loss is
+    used and trains as eager does."""
+    from mlcourse import sine
+
+    small = dict(algorithm=algorithm, meta_batch_size=4, hidden="8,8")
+    _, eager = _sine_losses(sine.SineConfig(**small), 5)
+    learner, compiled = _sine_losses(sine.SineConfig(**small, compile=True), 5)
+    assert learner.compile_info["compiled"] is True
+    assert learner.compile_info["compiled_max_grad_diff"] < 1e-5
+    assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+def test_a_compiled_meta_loss_that_disagrees_falls_back_to_eager(monkeypatch):
+    from mlcourse import maml, sine
+
+    def first_order_compiler(fn):  # what a compiler dropping double backward would compute
+        return lambda m, p, t: maml.meta_loss(
+            m, p, t, loss_fn=torch.nn.functional.mse_loss, inner_lr=0.01, first_order=True
+        )
+
+    monkeypatch.setattr(torch, "compile", first_order_compiler)
+    small = dict(meta_batch_size=4, hidden="8,8")
+    _, eager = _sine_losses(sine.SineConfig(**small), 3)
+    with pytest.warns(UserWarning, match="eager mode: the compiled meta-gradient differs"):
+        learner, losses = _sine_losses(sine.SineConfig(**small, compile=True), 3)
+    assert learner.compile_info["compiled"] is False
+    assert losses == eager  # exactly: the eager meta-loss was used throughout
+    with pytest.raises(ValueError, match="compile is for MAML"):
+        sine.SineConfig(algorithm="reptile", compile=True)
