@@ -9,6 +9,7 @@ tested against. Introduced in lesson 02 (``notebooks/02_maml.ipynb``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 
 import torch
@@ -206,7 +207,7 @@ def meta_loss(
 COMPILED_GRAD_TOLERANCE = 1e-4
 
 
-def _meta_loss_functional(
+def compile_meta_loss(
     model: nn.Module,
     params: Mapping[str, Tensor],
     tasks,
@@ -215,48 +216,47 @@ def _meta_loss_functional(
     inner_lr: LearningRate,
     num_inner_steps: int = 1,
     first_order: bool = False,
-) -> Tensor:
-    """:func:`meta_loss` written purely in ``torch.func``: ``vmap`` over tasks of the one-task
-    :func:`adapt` (``grad`` inside). Same value and meta-gradient; slower in eager mode, but it
-    is the form ``torch.compile`` can trace to second order (see :func:`compile_meta_loss`,
-    which checks the inputs through eager :func:`meta_loss` first)."""
-
-    def one_task(xs, ys, xq, yq):
-        fast = _adapt(model, params, xs, ys, loss_fn, inner_lr, num_inner_steps, first_order)
-        return loss_fn(functional_call(model, fast, (xq,)), yq)
-
-    return vmap(one_task)(tasks.x_support, tasks.y_support, tasks.x_query, tasks.y_query).mean()
-
-
-def compile_meta_loss(model: nn.Module, params: Mapping[str, Tensor], tasks, **kwargs):
-    """``torch.compile`` of :func:`_meta_loss_functional`, checked against eager
-    :func:`meta_loss` on ``tasks``.
+):
+    """``torch.compile`` of the meta-loss, checked against eager :func:`meta_loss` on ``tasks``.
 
     ``torch.compile(meta_loss)`` itself would silently lose the second-order path (the
     inner ``torch.autograd.grad(create_graph=True)`` has no double backward under AOT
-    autograd), so the pure ``torch.func`` form is compiled instead, and only used if its
-    meta-gradient matches eager's.
+    autograd), so what is compiled is the pure ``torch.func`` form: ``vmap`` over tasks of
+    the one-task :func:`adapt` (``grad`` inside), slower than :func:`meta_loss` in eager mode
+    but traceable to second order. It is only used if its meta-gradient matches eager's.
 
     Args:
-        model, params: as in :func:`meta_loss` (``params`` are not changed).
+        model, params, loss_fn, inner_lr, num_inner_steps, first_order: as in
+            :func:`meta_loss` (``params`` are not changed).
         tasks: a batch to check on.
-        **kwargs: ``loss_fn``, ``inner_lr``, ``num_inner_steps``, ``first_order``.
 
     Returns:
         ``(fn, info)``: ``fn(model, params, tasks)`` returns the meta-loss, or is ``None``
         when compiling failed or disagreed with eager, which ``info["compiled_error"]`` then
         explains; ``info`` also holds ``compile_seconds`` and ``compiled_max_grad_diff``.
     """
-    import time
 
     def fn(m, p, t):
-        return _meta_loss_functional(m, p, t, **kwargs)
+        def one_task(xs, ys, xq, yq):
+            fast = _adapt(m, p, xs, ys, loss_fn, inner_lr, num_inner_steps, first_order)
+            return loss_fn(functional_call(m, fast, (xq,)), yq)
+
+        return vmap(one_task)(t.x_support, t.y_support, t.x_query, t.y_query).mean()
 
     start = time.perf_counter()
     leaves = [p for p in params.values() if p.requires_grad]
+    eager = meta_loss(  # also checks the inputs, with meta_loss's errors
+        model,
+        params,
+        tasks,
+        loss_fn=loss_fn,
+        inner_lr=inner_lr,
+        num_inner_steps=num_inner_steps,
+        first_order=first_order,
+    )
+    g_eager = torch.autograd.grad(eager, leaves)
     try:
         compiled = torch.compile(fn)
-        g_eager = torch.autograd.grad(meta_loss(model, params, tasks, **kwargs), leaves)
         g_comp = torch.autograd.grad(compiled(model, params, tasks), leaves)
     except Exception as err:  # report, do not hide: eager still works
         return None, {"compiled_error": f"{type(err).__name__}: {err}"[:500]}

@@ -274,6 +274,48 @@ def adapt(
     return {n: p + inner_lr * g for (n, p), g in zip(batched.items(), grads, strict=True)}
 
 
+def step_sizes(inner_lr: float, num_steps: int, later_inner_lr: float | None = None) -> list:
+    """The step size of each of ``num_steps`` inner steps: ``inner_lr`` for the first,
+    ``later_inner_lr`` (default ``inner_lr / 2``, the MAML paper's test protocol) after it."""
+    later = inner_lr / 2 if later_inner_lr is None else later_inner_lr
+    return [inner_lr if k == 0 else later for k in range(num_steps)]
+
+
+@torch.no_grad()
+def adaptation_rollouts(
+    policy: nn.Module,
+    params: Params,
+    goals: Tensor,
+    num_trajectories: int,
+    sizes: Sequence[float],
+    *,
+    gamma: float = 0.99,
+    generator: torch.Generator | None = None,
+    action_scale: float = 1.0,
+) -> tuple[list[Trajectories], Params]:
+    """Samples, adapts, samples again: the trajectories before adaptation and after each
+    policy-gradient step of size ``sizes[k]`` (``len(sizes) + 1`` batches), and the final
+    parameters (per goal after the first step; ``params`` itself if ``sizes`` is empty)."""
+    sampled, current, per_goal = [], params, False
+    for k in range(len(sizes) + 1):
+        trajectories = rollout(
+            policy,
+            current,
+            goals,
+            num_trajectories,
+            per_goal=per_goal,
+            generator=generator,
+            action_scale=action_scale,
+        )
+        sampled.append(trajectories)
+        if k < len(sizes):
+            current = adapt(
+                policy, current, trajectories, inner_lr=sizes[k], gamma=gamma, per_goal=per_goal
+            )
+            per_goal = True
+    return sampled, current
+
+
 def normalized_advantages(trajectories: Trajectories, gamma: float) -> Tensor:
     """Returns-to-go minus the linear baseline, normalised over the valid steps of the batch."""
     t = trajectories
@@ -311,12 +353,13 @@ def outer_loss(
     sampling of τ_j itself depends on θ).
     """
     adapted, per_goal = params, False
-    for j, trajectories in enumerate((pre, *mid)):
+    batches = (pre, *mid)
+    for trajectories, size in zip(batches, step_sizes(inner_lr, len(batches)), strict=True):
         adapted = adapt(
             policy,
             adapted,
             trajectories,
-            inner_lr=inner_lr if j == 0 else inner_lr / 2,
+            inner_lr=size,
             gamma=gamma,
             per_goal=per_goal,
             first_order=first_order,
@@ -359,27 +402,17 @@ def evaluate(
     first step and half of it afterwards, 4000 steps = 40 trajectories per step).
     ``action_scale`` as in :func:`rollout` (the one the policy was trained with).
     """
-    later_inner_lr = inner_lr / 2 if later_inner_lr is None else later_inner_lr
-    returns = []
-    current, per_goal = params, False
-    for step in range(inner_steps + 1):
-        trajectories = rollout(
-            policy,
-            current,
-            goals,
-            num_trajectories,
-            per_goal=per_goal,
-            generator=generator,
-            action_scale=action_scale,
-        )
-        returns.append(trajectories.returns.mean().item())
-        if step < inner_steps:
-            step_size = inner_lr if step == 0 else later_inner_lr
-            current = adapt(
-                policy, current, trajectories, inner_lr=step_size, gamma=gamma, per_goal=per_goal
-            )
-            per_goal = True
-    return returns
+    sampled, _ = adaptation_rollouts(
+        policy,
+        params,
+        goals,
+        num_trajectories,
+        step_sizes(inner_lr, inner_steps, later_inner_lr),
+        gamma=gamma,
+        generator=generator,
+        action_scale=action_scale,
+    )
+    return [trajectories.returns.mean().item() for trajectories in sampled]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,40 +569,19 @@ class NavLearner:
         goals = sample_goals(c.meta_batch_size, self.goal_generator, self.device)
         if c.algorithm == "reptile":
             return self._reptile_step(goals)
-        pre = rollout(
+        pretrain = c.algorithm == "pretrain"
+        sampled, adapted = adaptation_rollouts(
             self.policy,
             self._detached(),
             goals,
             c.trajectories,
+            step_sizes(c.inner_lr, 0 if pretrain else c.num_inner_steps),
+            gamma=c.gamma,
             generator=self.generator,
             action_scale=c.action_scale,
         )
-        if c.algorithm == "pretrain":
-            post, params = pre, None
-        else:
-            adapted, post, per_goal, sampled = self._detached(), pre, False, []
-            for k in range(c.num_inner_steps):
-                sampled.append(post)
-                with torch.no_grad():
-                    adapted = adapt(
-                        self.policy,
-                        adapted,
-                        post,
-                        inner_lr=c.inner_lr if k == 0 else c.inner_lr / 2,
-                        gamma=c.gamma,
-                        per_goal=per_goal,
-                    )
-                post = rollout(
-                    self.policy,
-                    adapted,
-                    goals,
-                    c.trajectories,
-                    per_goal=True,
-                    generator=self.generator,
-                    action_scale=c.action_scale,
-                )
-                per_goal = True
-            params = self.params
+        pre, post = sampled[0], sampled[-1]
+        params = None if pretrain else self.params
         # First order over several steps: θ_k(θ) = θ + (θ_k − θ) with the displacement held
         # constant, so the gradient of the post-adaptation loss at θ_k is applied to θ.
         shift = (
@@ -587,8 +599,6 @@ class NavLearner:
                 at = {n: p + shift[n] for n, p in self.params.items()}
                 logp = log_prob_per_goal(self.policy, at, post.obs, post.actions)
                 loss = clipped_loss(logp, post, advantages, c.clip)
-                if c.pre_kl_coef > 0:
-                    loss = loss + c.pre_kl_coef * pre_update_kl(self.policy, old, params, pre)
             else:
                 loss = outer_loss(
                     self.policy,
@@ -601,10 +611,10 @@ class NavLearner:
                     gamma=c.gamma,
                     first_order=c.algorithm == "fomaml",
                     estimator=c.estimator,
-                    mid=sampled[1:],
+                    mid=sampled[1:-1],
                 )
-                if c.pre_kl_coef > 0:
-                    loss = loss + c.pre_kl_coef * pre_update_kl(self.policy, old, params, pre)
+            if params is not None and c.pre_kl_coef > 0:
+                loss = loss + c.pre_kl_coef * pre_update_kl(self.policy, old, params, pre)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)
@@ -705,7 +715,7 @@ def evaluate_learner(
         action_scale=c.action_scale,
         later_inner_lr=later_inner_lr,
     )
-    later = c.inner_lr / 2 if later_inner_lr is None else later_inner_lr
+    later = step_sizes(c.inner_lr, 2, later_inner_lr)[1]
     return {"returns": returns, "inner_lr": c.inner_lr, "later_inner_lr": later}
 
 

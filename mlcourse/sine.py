@@ -112,21 +112,20 @@ class SineLearner:
             None if config.algorithm == "reptile" else make_adam(meta_params, lr=config.meta_lr)
         )
         self.generator = torch.Generator().manual_seed(config.seed)
-        self._meta_loss = meta_loss  # compile=True swaps in the compiled form at the first step
+        self._compiled = None  # with compile=True: the compiled meta-loss, from the first step
         self.compile_info: dict = {}
 
     def _compile(self, tasks, kwargs) -> None:
-        compiled, self.compile_info = compile_meta_loss(self.model, self.params, tasks, **kwargs)
-        if compiled is None:
+        self._compiled, self.compile_info = compile_meta_loss(
+            self.model, self.params, tasks, **kwargs
+        )
+        self.compile_info["compiled"] = self._compiled is not None
+        if self._compiled is None:
             warnings.warn(
                 f"torch.compile not used, training continues in eager mode: "
                 f"{self.compile_info['compiled_error']}",
                 stacklevel=2,
             )
-            self.compile_info["compiled"] = False
-        else:
-            self._meta_loss = lambda model, params, tasks, **_: compiled(model, params, tasks)
-            self.compile_info["compiled"] = True
 
     def sample(self):
         c = self.config
@@ -169,7 +168,10 @@ class SineLearner:
             }
             if c.compile and not self.compile_info:
                 self._compile(tasks, kwargs)
-            loss = self._meta_loss(self.model, self.params, tasks, **kwargs)
+            if self._compiled is not None:
+                loss = self._compiled(self.model, self.params, tasks)
+            else:
+                loss = meta_loss(self.model, self.params, tasks, **kwargs)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
