@@ -73,7 +73,7 @@ def cmd_train(rest: list[str]) -> int:
         for f in dataclasses.fields(exp.config_cls):
             default = exp.defaults.get(f.name, f.default)
             kind = (
-                {"action": "store_true"}
+                {"action": argparse.BooleanOptionalAction}
                 if isinstance(f.default, bool)
                 else {"type": type(f.default)}
             )

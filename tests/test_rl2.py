@@ -236,6 +236,21 @@ def test_rl2_mdp_eval_command(tmp_path, capsys):
     assert result["num_episodes"] == 3 and result["trials"] == 20 and "stderr" in result
 
 
+def test_rl2_mdp_defaults_are_the_table_recipe_and_flags_can_be_turned_off(tmp_path, capsys):
+    small = ["--num-episodes", "2", "--trials-per-step", "4", "--hidden-size", "8", "--steps", "1"]
+    small += ["--minibatches", "2", "--no-progress"]
+    assert main(["train", "rl2-mdp", "--out", str(tmp_path / "a"), *small]) == 0
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["entropy_coef"] == 0.05 and config["lr"] == 2e-3
+    assert config["entropy_decay_steps"] == 3000 and config["anneal_lr"] is True
+    assert main(["train", "rl2-mdp", "--out", str(tmp_path / "b"), *small, "--no-anneal-lr"]) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["anneal_lr"] is False
+    assert main(["train", "rl2-bandit", "--out", str(tmp_path / "c"), *small[2:]]) == 0
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert config["entropy_coef"] == 0.01 and config["anneal_lr"] is False
+    capsys.readouterr()
+
+
 def test_baselines_commands(capsys):
     argv = ["baselines", "bandit", "--arms", "3", "--pulls", "4", "--episodes", "200", "--json"]
     assert main(argv) == 0
