@@ -66,6 +66,13 @@ def cmd_train(rest: list[str]) -> int:
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="start from the weights of another run of this experiment (rl2-*: e.g. "
+        "fine-tune an n = 10 policy on n = 25); optimizer and schedule start afresh",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", action="store_true", help="print one JSON summary")
     if exp is not None:
@@ -94,6 +101,7 @@ def cmd_train(rest: list[str]) -> int:
         max_seconds=args.max_seconds,
         resume=args.resume,
         progress=not args.no_progress,
+        init_from=args.init_from,
     )
     _emit(
         summary,

@@ -300,8 +300,10 @@ def run_training(
     max_seconds=None,
     resume=False,
     progress=True,
+    init_from=None,
 ) -> dict:
-    """Trains (or resumes) experiment ``name`` into ``out``; returns the summary."""
+    """Trains (or resumes) experiment ``name`` into ``out``; returns the summary.
+    ``init_from``: a run of the same experiment whose weights start this one."""
     exp = get(name)
     overrides = dict(overrides or {})
     if resume:
@@ -324,6 +326,7 @@ def run_training(
         max_seconds=max_seconds,
         resume=resume,
         progress=progress,
+        init_from=init_from,
     )
 
 

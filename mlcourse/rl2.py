@@ -487,6 +487,20 @@ class RL2Learner:
             "generator": self.generator.get_state(),
         }
 
+    def load_weights(self, state: dict, source: str = "the other run") -> None:
+        """Starts from the policy (GRU, heads and value scale) of another run's ``state``;
+        the optimizer, generators and schedule stay fresh. The tasks may differ in trial
+        length (e.g. ``num_episodes``) but not in the policy's shapes."""
+        own = self.policy.state_dict()
+        theirs = state["policy"]
+        wrong = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
+        if wrong:
+            raise ValueError(
+                f"the policy of {source} does not fit this run's ({', '.join(wrong)} differ): "
+                "it needs the same hidden size, number of states and number of actions"
+            )
+        self.policy.load_state_dict(theirs)
+
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])

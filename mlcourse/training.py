@@ -2,7 +2,8 @@
 
 An experiment provides a *learner*: an object with ``step(step_index) -> loss tensor``,
 ``state_dict()``, ``load_state_dict(state)`` and ``parameters()``, and optionally
-``metrics() -> dict`` of figures added to each log line (e.g. RL²'s mean trial return).
+``metrics() -> dict`` of figures added to each log line (e.g. RL²'s mean trial return) and
+``load_weights(state, source)`` to start from another run's weights (``init_from``).
 :func:`train` runs it for ``config.steps`` steps or until a time budget runs out, saving a
 checkpoint every ``checkpoint_every`` seconds, so an interrupted run (a Colab disconnect,
 Ctrl-C) loses at most that much and continues with ``resume=True`` exactly where it stopped.
@@ -94,6 +95,7 @@ def train(
     max_seconds: float | None = None,
     resume: bool = False,
     progress: bool = True,
+    init_from: str | Path | None = None,
 ) -> dict:
     """Runs (or resumes) a training run and leaves a checkpoint in ``out``.
 
@@ -107,6 +109,9 @@ def train(
         max_seconds: stop (with a checkpoint) after this much training time in this call.
         resume: continue from the checkpoint in ``out``; ``config.steps`` may be raised.
         progress: show a tqdm progress bar.
+        init_from: a finished run of the same experiment whose weights (not its optimizer
+            state, step count or schedule) start this one, e.g. to fine-tune a policy trained
+            on short trials on longer ones. The learner must have ``load_weights(state)``.
 
     Returns:
         A summary dict: ``experiment, step, steps, seconds, loss, out``.
@@ -120,21 +125,31 @@ def train(
     ckpt = checkpoint_path(out)
     learner = make_learner(config, device)
     step, seconds = 0, 0.0
+    origin = None  # where the starting weights came from: {"run": ..., "step": ...}
     if resume:
+        if init_from is not None:
+            raise ValueError(
+                "--init-from starts a new run; it cannot be combined with --resume "
+                "(the resumed run already records where its weights came from)"
+            )
         state = load_checkpoint(out, device)
         if state["experiment"] != experiment:
             raise ValueError(f"{ckpt} holds a '{state['experiment']}' run, not '{experiment}'")
         learner.load_state_dict(state["learner"])
         step, seconds = state["step"], state["seconds"]
+        origin = state.get("init_from")
     elif ckpt.exists():
         raise FileExistsError(
             f"{out} already holds a checkpoint: pass --resume to continue it, "
             "or choose another --out"
         )
+    elif init_from is not None:
+        origin = _load_initial_weights(learner, experiment, init_from, device)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(
-        json.dumps({"experiment": experiment, **dataclasses.asdict(config)}, indent=2) + "\n"
-    )
+    record = {"experiment": experiment, **dataclasses.asdict(config)}
+    if origin is not None:
+        record["init_from"] = origin
+    (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
 
     t0 = time.perf_counter()
     base_seconds = seconds
@@ -150,6 +165,7 @@ def train(
                 "step": step,
                 "seconds": base_seconds + time.perf_counter() - t0,
                 "learner": learner.state_dict(),
+                **({"init_from": origin} if origin is not None else {}),
             },
         )
 
@@ -208,6 +224,23 @@ def train(
         "loss": None if math.isnan(last_loss) else last_loss,  # None: no step was taken
         "out": str(out),
     }
+
+
+def _load_initial_weights(learner, experiment: str, init_from, device) -> dict:
+    """Loads the weights of run ``init_from`` into ``learner``; returns where they came from."""
+    if not hasattr(learner, "load_weights"):
+        raise ValueError(
+            f"'{experiment}' cannot start from another run's weights (--init-from); "
+            "train it from scratch or --resume one of its runs"
+        )
+    state = load_checkpoint(init_from, device)
+    if state["experiment"] != experiment:
+        raise ValueError(
+            f"--init-from {init_from} holds a '{state['experiment']}' run; "
+            f"'{experiment}' can only start from a '{experiment}' run"
+        )
+    learner.load_weights(state["learner"], source=str(init_from))
+    return {"run": str(init_from), "step": state["step"]}
 
 
 def _diverged_message(step: int, ckpt: Path) -> str:

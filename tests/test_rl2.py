@@ -251,6 +251,53 @@ def test_rl2_mdp_defaults_are_the_table_recipe_and_flags_can_be_turned_off(tmp_p
     capsys.readouterr()
 
 
+def test_init_from_starts_a_longer_trial_run_from_a_shorter_ones_weights(tmp_path):
+    from mlcourse.experiments import load_learner, run_training
+
+    small = {"num_episodes": 2, "trials_per_step": 4, "hidden_size": 8, "minibatches": 2}
+    run_training("rl2-mdp", tmp_path / "short", overrides={**small, "steps": 2}, progress=False)
+    longer = {**small, "num_episodes": 5, "steps": 2}
+    src = tmp_path / "short"
+    run_training(
+        "rl2-mdp", tmp_path / "ft", overrides=longer, progress=False, init_from=src, max_seconds=0
+    )
+    source, _ = load_learner("rl2-mdp", src, "cpu")
+    start, state = load_learner("rl2-mdp", tmp_path / "ft", "cpu")
+    assert state["step"] == 0 and torch.equal(params(start), params(source))
+    assert start.config.num_episodes == 5
+    assert torch.equal(start.policy.value_scale, source.policy.value_scale)
+    assert start.optimizer.state_dict()["state"] == {}  # the optimizer starts afresh
+    record = {"run": str(src), "step": 2}
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["init_from"] == record
+    # Resuming keeps the record; training moves the weights away from the source's.
+    run_training("rl2-mdp", tmp_path / "ft", overrides=longer, progress=False, resume=True)
+    trained, state = load_learner("rl2-mdp", tmp_path / "ft", "cpu")
+    assert state["step"] == 2 and state["init_from"] == record
+    assert not torch.equal(params(trained), params(source))
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["init_from"] == record
+
+
+def test_init_from_refuses_what_cannot_fit(tmp_path):
+    from mlcourse.experiments import run_training
+
+    small = {"num_episodes": 2, "trials_per_step": 4, "hidden_size": 8, "minibatches": 2}
+    run_training("rl2-mdp", tmp_path / "src", overrides={**small, "steps": 1}, progress=False)
+    src = tmp_path / "src"
+    with pytest.raises(ValueError, match="same hidden size"):
+        run_training(
+            "rl2-mdp", tmp_path / "a", overrides={**small, "hidden_size": 16}, init_from=src
+        )
+    with pytest.raises(ValueError, match="can only start from a 'rl2-bandit' run"):
+        run_training("rl2-bandit", tmp_path / "b", overrides={"hidden_size": 8}, init_from=src)
+    with pytest.raises(ValueError, match="cannot be combined with --resume"):
+        run_training("rl2-mdp", src, overrides=small, resume=True, init_from=src)
+    with pytest.raises(ValueError, match="cannot start from another run's weights"):
+        run_training("maml-sine", tmp_path / "c", init_from=src)
+    with pytest.raises(FileNotFoundError):
+        run_training("rl2-mdp", tmp_path / "d", overrides=small, init_from=tmp_path / "none")
+    assert not any((tmp_path / name).exists() for name in "abcd")  # nothing half-written
+
+
 def test_baselines_commands(capsys):
     argv = ["baselines", "bandit", "--arms", "3", "--pulls", "4", "--episodes", "200", "--json"]
     assert main(argv) == 0
