@@ -66,6 +66,11 @@ class RL2Config:
     anneal_lr: bool = _opt(False, "also decay the step size linearly to a tenth over them")
     value_coef: float = _opt(0.5, "weight of the value loss")
     max_grad_norm: float = _opt(1.0, "gradient clipping (global norm)")
+    bf16: bool = _opt(
+        False,
+        "run the GRU in bfloat16 (autocast) for rollouts and updates; weights, optimizer and "
+        "losses stay float32 (about 1.7x faster on CPUs with AVX-512 BF16, and on GPUs)",
+    )
     checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
     log_every: int = _opt(10, "iterations between log lines")
 
@@ -196,6 +201,9 @@ class RL2Policy(nn.Module):
         # spread of the value targets, so the value loss (and its gradient) stays of order 1
         # whether a trial's return is 5 or 500.
         self.register_buffer("value_scale", torch.ones(()))
+        # Compute the GRU and heads in bfloat16 (autocast); the weights stay float32. Training
+        # sets it from RL2Config.bf16; loaded and evaluated policies compute in float32.
+        self.bf16 = False
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Runs saved before the value normalisation existed had no value_scale: their value
@@ -224,9 +232,14 @@ class RL2Policy(nn.Module):
             )
         if hidden is None:
             hidden = self.initial_state(inputs.shape[1], inputs.device)
-        features, hidden = self.gru(inputs, hidden)
-        values = self.value_head(features).squeeze(-1) * self.value_scale
-        return self.policy_head(features), values, features, hidden
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            features, hidden = self.gru(inputs, hidden)
+            logits, values = self.policy_head(features), self.value_head(features)
+        # What leaves has the weights' dtype either way (float32 under bfloat16 autocast), so
+        # log-probabilities, ratios and losses never compute in bfloat16.
+        dtype = self.gru.weight_hh_l0.dtype
+        values = values.squeeze(-1).to(dtype) * self.value_scale
+        return logits.to(dtype), values, features.to(dtype), hidden.to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,6 +445,7 @@ class RL2Learner:
             torch.manual_seed(config.seed)
             self.policy = RL2Policy(config.obs_size, config.action_size, config.hidden_size)
         self.policy.to(self.device)
+        self.policy.bf16 = config.bf16
         self.optimizer = make_adam(self.policy.parameters(), lr=config.lr)
         self.envs = make_envs(config, config.trials_per_step, self.device)
         self.envs.reset(seed=config.seed)
@@ -523,6 +537,7 @@ def evaluate(
     :func:`mlcourse.rl.bandits.bandit_returns` and :func:`mlcourse.rl.mdps.mdp_returns` with
     that seed), and the action sampling from a generator seeded with ``seed + 1``. ``config``
     sets the task family and its sizes, which may differ from training (e.g. more pulls).
+    The policy computes in its weights' precision here, even if it was trained in bfloat16.
     """
     device = torch.device(device) if device is not None else next(policy.parameters()).device
     if config.action_size != policy.num_actions or config.obs_size != policy.num_states:
@@ -534,7 +549,11 @@ def evaluate(
         )
     generator = torch.Generator(device=device).manual_seed(seed + 1)
     envs = make_envs(config, num_trials, device)
-    trials = run_trials(policy, envs, generator=generator, greedy=greedy, seed=seed)
+    bf16, policy.bf16 = policy.bf16, False  # figures are always computed in full precision
+    try:
+        trials = run_trials(policy, envs, generator=generator, greedy=greedy, seed=seed)
+    finally:
+        policy.bf16 = bf16
     return mean_and_stderr(trials.returns)
 
 

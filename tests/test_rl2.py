@@ -163,9 +163,44 @@ def test_training_resumes_bit_for_bit(tmp_path):
     assert all(0 <= line["trial_return"] <= 6 and "entropy" in line for line in log)
 
 
+def test_bf16_autocast_keeps_float32_outputs_close_to_full_precision():
+    torch.manual_seed(0)
+    policy = rl2.RL2Policy(num_states=3, num_actions=4, hidden_size=32)
+    x = torch.randn(20, 6, policy.input_size)
+    full = policy(x)
+    policy.bf16 = True
+    half = policy(x)
+    assert all(t.dtype == torch.float32 for t in half)
+    for a, b in zip(full, half, strict=True):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() < 0.05 and not torch.equal(a, b)  # bfloat16 did compute
+    half[0].sum().backward()  # gradients reach the float32 weights
+    assert policy.gru.weight_hh_l0.grad.dtype == torch.float32
+    assert "bf16" not in str(list(policy.state_dict()))
+
+
+def test_a_bf16_run_trains_in_bf16_and_evaluates_in_full_precision(monkeypatch):
+    config = small_config(bf16=True)
+    learner = rl2.RL2Learner(config)
+    policy = learner.policy
+    modes = []
+    forward = policy.forward
+    monkeypatch.setattr(
+        policy, "forward", lambda *a, **k: modes.append(policy.bf16) or forward(*a, **k)
+    )
+    learner.step(0)
+    assert modes and all(modes)  # rollout and update in bfloat16
+    modes.clear()
+    rl2.evaluate(policy, config, num_trials=64, seed=3)
+    assert modes and not any(modes)
+    assert policy.bf16  # restored after the evaluation
+
+
 @pytest.mark.slow
-def test_rl2_learns_to_beat_random_on_two_armed_bandits():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_rl2_learns_to_beat_random_on_two_armed_bandits(bf16):
     config = small_config(
+        bf16=bf16,
         num_arms=2,
         num_pulls=8,
         trials_per_step=128,
