@@ -136,9 +136,16 @@ def _training_step(base: torch.nn.Module, pool: list, loss_of) -> Callable[[int]
     return step
 
 
-def _side_by_side(variants: dict, iters: int, rounds: int, device: torch.device):
+def _side_by_side(
+    variants: dict,
+    iters: int,
+    rounds: int,
+    device: torch.device,
+    fast: str = "vectorized",
+    slow: str = "loop",
+):
     """Times each variant ``iters`` steps per round, alternating; returns the median rates,
-    the per-round ratios vectorized / loop, and every round's rates."""
+    the per-round ratios ``fast`` / ``slow``, and every round's rates."""
     for step in variants.values():  # warm-up (and, for compile, trigger compilation)
         for i in range(3):
             step(i)
@@ -147,7 +154,7 @@ def _side_by_side(variants: dict, iters: int, rounds: int, device: torch.device)
         for name, step in variants.items():
             rates[name].append(_rate(step, iters, device))
     med = {name: statistics.median(r) for name, r in rates.items()}
-    ratios = [v / lp for v, lp in zip(rates["vectorized"], rates["loop"], strict=True)]
+    ratios = [f / sl for f, sl in zip(rates[fast], rates[slow], strict=True)]
     return med, ratios, rates
 
 
@@ -292,7 +299,64 @@ def bandit_env(
     }
 
 
+def rl2_bf16(
+    *,
+    task: str = "mdp",
+    trials_per_step: int = 256,
+    hidden_size: int = 256,
+    iters: int = 2,
+    rounds: int = 3,
+    device: torch.device | str | None = None,
+    compile: bool = False,
+) -> dict:
+    """RL² PPO iterations per second: the GRU in bfloat16 (``--bf16``) vs float32.
+
+    One iteration is what ``mlcourse train rl2-mdp`` (or ``rl2-bandit``) does each step: a
+    batch of whole trials (MDPs: 10 episodes of 10 steps; bandits: 100 pulls), then 4 epochs
+    of PPO over 4 minibatches. Both learners start from the same weights and seed.
+
+    Returns:
+        A dict with ``bf16_it_per_s``, ``float32_it_per_s`` and ``speedup`` (their ratio, the
+        median over rounds).
+    """
+    from mlcourse.rl2 import RL2Config, RL2Learner
+
+    device = torch.device(device) if device is not None else default_device()
+    sizes = {"num_pulls": 100} if task == "bandit" else {}
+    learners = {
+        name: RL2Learner(
+            RL2Config(
+                task=task,
+                trials_per_step=trials_per_step,
+                hidden_size=hidden_size,
+                bf16=name == "bf16",
+                **sizes,
+            ),
+            device,
+        )
+        for name in ("bf16", "float32")
+    }
+    variants = {name: learner.step for name, learner in learners.items()}
+    med, ratios, _ = _side_by_side(variants, iters, rounds, device, "bf16", "float32")
+    return {
+        "benchmark": "rl2-bf16",
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "task": task,
+        "trials_per_step": trials_per_step,
+        "hidden_size": hidden_size,
+        "rounds": rounds,
+        "iters_per_round": iters,
+        "bf16_it_per_s": round(med["bf16"], 3),
+        "float32_it_per_s": round(med["float32"], 3),
+        "speedup": round(statistics.median(ratios), 2),
+        "speedup_by_round": [round(r, 2) for r in ratios],
+        **({"compiled_error": "torch.compile is not benchmarked for RL²"} if compile else {}),
+    }
+
+
 BENCHMARKS: dict[str, Callable[..., dict]] = {
+    "rl2-bf16": rl2_bf16,
     "maml-sine": maml_sine,
     "maml-conv4": maml_conv4,
     "bandit-env": bandit_env,

@@ -69,7 +69,8 @@ class RL2Config:
     bf16: bool = _opt(
         False,
         "run the GRU in bfloat16 (autocast) for rollouts and updates; weights, optimizer and "
-        "losses stay float32 (about 1.7x faster on CPUs with AVX-512 BF16, and on GPUs)",
+        "losses stay float32 (faster where the hardware has bfloat16 arithmetic, e.g. CPUs "
+        "with AVX-512 BF16: `mlcourse bench rl2-bf16` measures it)",
     )
     checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
     log_every: int = _opt(10, "iterations between log lines")

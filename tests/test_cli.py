@@ -175,6 +175,15 @@ def test_bench_maml_conv4_small():
     assert len(result["speedup_by_round"]) == 2
 
 
+def test_bench_rl2_bf16_small():
+    from mlcourse.bench import rl2_bf16
+
+    result = rl2_bf16(task="bandit", trials_per_step=8, hidden_size=8, iters=1, rounds=2)
+    assert result["benchmark"] == "rl2-bf16" and result["task"] == "bandit"
+    assert result["bf16_it_per_s"] > 0 and result["float32_it_per_s"] > 0
+    assert len(result["speedup_by_round"]) == 2
+
+
 def _bench_inputs():
     import torch
     import torch.nn.functional as F
