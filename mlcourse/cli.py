@@ -70,8 +70,9 @@ def cmd_train(rest: list[str]) -> int:
         "--init-from",
         default=None,
         metavar="RUN",
-        help="start from the weights of another run of this experiment (rl2-*: e.g. "
-        "fine-tune an n = 10 policy on n = 25); optimizer and schedule start afresh",
+        help="start from the weights of another run of this experiment, or of a policy the "
+        "course ships (rl2-*: e.g. --init-from rl2-mdp-n10 fine-tunes the n = 10 agent on "
+        "n = 25); optimizer and schedule start afresh",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", action="store_true", help="print one JSON summary")

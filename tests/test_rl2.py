@@ -312,6 +312,27 @@ def test_init_from_starts_a_longer_trial_run_from_a_shorter_ones_weights(tmp_pat
     assert json.loads((tmp_path / "ft" / "config.json").read_text())["init_from"] == record
 
 
+def test_init_from_a_shipped_agent_starts_from_its_weights(tmp_path):
+    from mlcourse.experiments import load_learner, run_training
+
+    policy, _, _ = rl2.load_pretrained("rl2-mdp-n10")
+    longer = {"num_episodes": 25, "trials_per_step": 4, "minibatches": 2, "steps": 1}
+    run_training(
+        "rl2-mdp", tmp_path / "ft", overrides=longer, progress=False,
+        init_from="rl2-mdp-n10", max_seconds=0,
+    )
+    start, state = load_learner("rl2-mdp", tmp_path / "ft", "cpu")
+    assert state["step"] == 0 and start.config.num_episodes == 25
+    assert torch.equal(params(start), torch.cat([p.detach().flatten() for p in policy.parameters()]))
+    record = json.loads((tmp_path / "ft" / "config.json").read_text())["init_from"]
+    assert record["shipped"] == "rl2-mdp-n10" and record["step"] > 0
+    with pytest.raises(ValueError, match="shipped 'rl2-mdp' policy"):
+        run_training("rl2-bandit", tmp_path / "b", init_from="rl2-mdp-n10")
+    with pytest.raises(FileNotFoundError, match="ships no policy of that name"):
+        run_training("rl2-mdp", tmp_path / "c", init_from="rl2-mdp-n99")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
 def test_init_from_refuses_what_cannot_fit(tmp_path):
     from mlcourse.experiments import run_training
 
