@@ -318,12 +318,17 @@ def test_init_from_a_shipped_agent_starts_from_its_weights(tmp_path):
     policy, _, _ = rl2.load_pretrained("rl2-mdp-n10")
     longer = {"num_episodes": 25, "trials_per_step": 4, "minibatches": 2, "steps": 1}
     run_training(
-        "rl2-mdp", tmp_path / "ft", overrides=longer, progress=False,
-        init_from="rl2-mdp-n10", max_seconds=0,
+        "rl2-mdp",
+        tmp_path / "ft",
+        overrides=longer,
+        progress=False,
+        init_from="rl2-mdp-n10",
+        max_seconds=0,
     )
     start, state = load_learner("rl2-mdp", tmp_path / "ft", "cpu")
     assert state["step"] == 0 and start.config.num_episodes == 25
-    assert torch.equal(params(start), torch.cat([p.detach().flatten() for p in policy.parameters()]))
+    shipped = torch.cat([p.detach().flatten() for p in policy.parameters()])
+    assert torch.equal(params(start), shipped)
     record = json.loads((tmp_path / "ft" / "config.json").read_text())["init_from"]
     assert record["shipped"] == "rl2-mdp-n10" and record["step"] > 0
     with pytest.raises(ValueError, match="shipped 'rl2-mdp' policy"):
