@@ -227,24 +227,24 @@ def train(
 
 
 def _load_initial_weights(learner, experiment: str, init_from, device) -> dict:
-    """Loads the weights of run ``init_from`` into ``learner``; returns where they came from."""
+    """Loads the weights of ``init_from`` (a run folder, or the name of a policy the course ships)
+    into ``learner``; returns where they came from."""
     if not hasattr(learner, "load_weights"):
         raise ValueError(
             f"'{experiment}' cannot start from another run's weights (--init-from); "
             "train it from scratch or --resume one of its runs"
         )
-    shipped = shipped_policies()
-    if not Path(init_from).is_dir() and str(init_from) in shipped:
-        # a policy the course ships (e.g. ``rl2-mdp-n10``) rather than a run folder
-        saved = read_shipped_policy(str(init_from), shipped, "shipped policy")
-        if saved["experiment"] != experiment:
-            raise ValueError(
-                f"--init-from {init_from} is a shipped '{saved['experiment']}' policy; "
-                f"'{experiment}' can only start from a '{experiment}' one"
-            )
-        learner.load_weights({"policy": saved["policy"]}, source=f"shipped {init_from}")
-        return {"shipped": str(init_from), "step": saved["steps"]}
-    if not Path(init_from).is_dir():
+    if not Path(init_from).is_dir():  # not a run folder: a policy the course ships?
+        shipped = shipped_policies()
+        if str(init_from) in shipped:
+            saved = read_shipped_policy(str(init_from), shipped, "shipped policy")
+            if saved["experiment"] != experiment:
+                raise ValueError(
+                    f"--init-from {init_from} is a shipped '{saved['experiment']}' policy; "
+                    f"'{experiment}' can only start from a '{experiment}' one"
+                )
+            learner.load_weights({"policy": saved["policy"]}, source=f"shipped {init_from}")
+            return {"shipped": str(init_from), "step": saved["steps"]}
         raise FileNotFoundError(
             f"--init-from {init_from}: no such run folder, and the course ships no policy of "
             f"that name (it ships {shipped})"
