@@ -119,7 +119,10 @@ def cmd_eval(rest: list[str]) -> int:
 
     parser, exp = _experiment_parser("eval", rest)
     parser.add_argument(
-        "--checkpoint", required=True, help="run folder written by `mlcourse train`"
+        "--checkpoint",
+        required=True,
+        help="run folder written by `mlcourse train`, or the name of an agent the course ships "
+        "(rl2-*: e.g. --checkpoint rl2-bandit-k5-n10)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -12,7 +12,14 @@ from typing import Any
 import torch
 
 from mlcourse import chars, maml_rl, metagenrl, rl2, sine
-from mlcourse.training import default_device, load_checkpoint, make_config, train
+from mlcourse.training import (
+    default_device,
+    load_checkpoint,
+    make_config,
+    shipped_policies,
+    shipped_policy_for,
+    train,
+)
 
 
 @dataclass(frozen=True)
@@ -331,9 +338,31 @@ def run_training(
 
 
 def load_learner(name: str, checkpoint: str | Path, device=None):
-    """Rebuilds the learner of a finished (or interrupted) run from its checkpoint."""
+    """Rebuilds the learner of a finished (or interrupted) run from its checkpoint.
+
+    ``checkpoint`` is a run folder, or the name of a policy of this experiment that the course
+    ships (e.g. ``rl2-bandit-k5-n10``): its weights in a fresh learner, with a state that
+    holds ``step`` (the iterations it was trained for) and ``shipped`` (its name)."""
     exp = get(name)
     device = torch.device(device) if device is not None else default_device()
+    if not Path(checkpoint).is_dir() and str(checkpoint) in shipped_policies():
+        saved = shipped_policy_for(name, str(checkpoint), "--checkpoint")
+        if not hasattr(exp.make_learner, "load_weights"):
+            raise ValueError(
+                f"--checkpoint {checkpoint}: '{name}' evaluates run folders only; train one "
+                f"with `mlcourse train {name} --out DIR`, or load {checkpoint} in Python with "
+                "the module's load_pretrained"
+            )
+        learner = exp.make_learner(make_config(exp.config_cls, saved["config"]), device)
+        learner.load_weights({"policy": saved["policy"]}, source=f"shipped {checkpoint}")
+        return learner, {"step": saved["steps"], "shipped": str(checkpoint)}
+    if not Path(checkpoint).exists():
+        shipped = [n for n in shipped_policies() if n.startswith(name + "-")]
+        hint = f", or name an agent the course ships ({', '.join(shipped)})" if shipped else ""
+        raise FileNotFoundError(
+            f"--checkpoint {checkpoint}: no such run folder. Train one with `mlcourse train "
+            f"{name} --out {checkpoint}`{hint}"
+        )
     state = load_checkpoint(checkpoint, device)
     if state["experiment"] != name:
         raise ValueError(f"{checkpoint} holds a '{state['experiment']}' run, not '{name}'")

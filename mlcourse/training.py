@@ -235,20 +235,9 @@ def _load_initial_weights(learner, experiment: str, init_from, device) -> dict:
             "train it from scratch or --resume one of its runs"
         )
     if not Path(init_from).is_dir():  # not a run folder: a policy the course ships?
-        shipped = shipped_policies()
-        if str(init_from) in shipped:
-            saved = read_shipped_policy(str(init_from), shipped, "shipped policy")
-            if saved["experiment"] != experiment:
-                raise ValueError(
-                    f"--init-from {init_from} is a shipped '{saved['experiment']}' policy; "
-                    f"'{experiment}' can only start from a '{experiment}' one"
-                )
-            learner.load_weights({"policy": saved["policy"]}, source=f"shipped {init_from}")
-            return {"shipped": str(init_from), "step": saved["steps"]}
-        raise FileNotFoundError(
-            f"--init-from {init_from}: no such run folder, and the course ships no policy of "
-            f"that name (it ships {shipped})"
-        )
+        saved = shipped_policy_for(experiment, str(init_from), "--init-from")
+        learner.load_weights({"policy": saved["policy"]}, source=f"shipped {init_from}")
+        return {"shipped": str(init_from), "step": saved["steps"]}
     state = load_checkpoint(init_from, device)
     if state["experiment"] != experiment:
         raise ValueError(
@@ -336,6 +325,25 @@ def read_shipped_policy(name: str, names: list[str], what: str) -> dict:
         raise KeyError(f"no {what} {name!r}; the course ships {names}")
     with as_file(files("mlcourse") / PRETRAINED_DIR / f"{name}.pt") as path:
         return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def shipped_policy_for(experiment: str, name: str, option: str) -> dict:
+    """The saved file of the shipped policy ``name``, checked to be one of ``experiment``.
+    ``option`` (``--init-from``, ``--checkpoint``) is the command-line option that named it, for
+    the errors: a name the course does not ship, or a policy of another experiment."""
+    shipped = shipped_policies()
+    if name not in shipped:
+        raise FileNotFoundError(
+            f"{option} {name}: no such run folder, and the course ships no policy of that name "
+            f"(it ships {shipped})"
+        )
+    saved = read_shipped_policy(name, shipped, "shipped policy")
+    if saved["experiment"] != experiment:
+        raise ValueError(
+            f"{option} {name} is a shipped '{saved['experiment']}' policy; "
+            f"'{experiment}' can only use a '{experiment}' one"
+        )
+    return saved
 
 
 def default_device() -> torch.device:

@@ -271,6 +271,22 @@ def test_rl2_mdp_eval_command(tmp_path, capsys):
     assert result["num_episodes"] == 3 and result["trials"] == 20 and "stderr" in result
 
 
+def test_eval_command_plays_a_shipped_agent_by_name(capsys):
+    argv = ["eval", "rl2-bandit", "--checkpoint", "rl2-bandit-k5-n10", "--pulls", "20"]
+    assert main([*argv, "--episodes", "300", "--device", "cpu", "--json"]) == 0
+    result = one_json(capsys.readouterr().out)
+    policy, config, info = rl2.load_pretrained("rl2-bandit-k5-n10")
+    expected = rl2.evaluate(policy, dataclasses.replace(config, num_pulls=20), num_trials=300)
+    assert result["mean"] == expected["mean"] and result["stderr"] == expected["stderr"]
+    assert result["num_pulls"] == 20 and result["trained_steps"] == info["steps"] > 0
+    # A shipped agent of another experiment, or a name the course does not ship, is refused.
+    assert main(["eval", "rl2-mdp", "--checkpoint", "rl2-bandit-k5-n10"]) == 1
+    assert "shipped 'rl2-bandit' policy" in capsys.readouterr().err
+    assert main(["eval", "rl2-bandit", "--checkpoint", "rl2-bandit-k9"]) == 1
+    err = capsys.readouterr().err
+    assert "no such run folder" in err and "rl2-bandit-k5-n10" in err
+
+
 def test_rl2_mdp_defaults_are_the_table_recipe_and_flags_can_be_turned_off(tmp_path, capsys):
     small = ["--num-episodes", "2", "--trials-per-step", "4", "--hidden-size", "8", "--steps", "1"]
     small += ["--minibatches", "2", "--no-progress"]
