@@ -337,6 +337,21 @@ def run_training(
     )
 
 
+def _shipped_learner(exp: Experiment, shipped: str, device):
+    """A fresh learner of ``exp`` holding the weights of the policy the course ships as
+    ``shipped``, and a state with the iterations it was trained for."""
+    saved = shipped_policy_for(exp.name, shipped, "--checkpoint")
+    if not hasattr(exp.make_learner, "load_weights"):
+        raise ValueError(
+            f"--checkpoint {shipped}: '{exp.name}' evaluates run folders only; train one with "
+            f"`mlcourse train {exp.name} --out DIR`, or load {shipped} in Python with the "
+            "module's load_pretrained"
+        )
+    learner = exp.make_learner(make_config(exp.config_cls, saved["config"]), device)
+    learner.load_weights({"policy": saved["policy"]}, source=f"shipped {shipped}")
+    return learner, {"step": saved["steps"], "shipped": shipped}
+
+
 def load_learner(name: str, checkpoint: str | Path, device=None):
     """Rebuilds the learner of a finished (or interrupted) run from its checkpoint.
 
@@ -345,18 +360,9 @@ def load_learner(name: str, checkpoint: str | Path, device=None):
     holds ``step`` (the iterations it was trained for) and ``shipped`` (its name)."""
     exp = get(name)
     device = torch.device(device) if device is not None else default_device()
-    if not Path(checkpoint).is_dir() and str(checkpoint) in shipped_policies():
-        saved = shipped_policy_for(name, str(checkpoint), "--checkpoint")
-        if not hasattr(exp.make_learner, "load_weights"):
-            raise ValueError(
-                f"--checkpoint {checkpoint}: '{name}' evaluates run folders only; train one "
-                f"with `mlcourse train {name} --out DIR`, or load {checkpoint} in Python with "
-                "the module's load_pretrained"
-            )
-        learner = exp.make_learner(make_config(exp.config_cls, saved["config"]), device)
-        learner.load_weights({"policy": saved["policy"]}, source=f"shipped {checkpoint}")
-        return learner, {"step": saved["steps"], "shipped": str(checkpoint)}
     if not Path(checkpoint).exists():
+        if str(checkpoint) in shipped_policies():
+            return _shipped_learner(exp, str(checkpoint), device)
         shipped = [n for n in shipped_policies() if n.startswith(name + "-")]
         hint = f", or name an agent the course ships ({', '.join(shipped)})" if shipped else ""
         raise FileNotFoundError(
