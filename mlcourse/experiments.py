@@ -16,7 +16,6 @@ from mlcourse.training import (
     default_device,
     load_checkpoint,
     make_config,
-    shipped_policies,
     shipped_policy_for,
     train,
 )
@@ -360,15 +359,8 @@ def load_learner(name: str, checkpoint: str | Path, device=None):
     holds ``step`` (the iterations it was trained for) and ``shipped`` (its name)."""
     exp = get(name)
     device = torch.device(device) if device is not None else default_device()
-    if not Path(checkpoint).exists():
-        if str(checkpoint) in shipped_policies():
-            return _shipped_learner(exp, str(checkpoint), device)
-        shipped = [n for n in shipped_policies() if n.startswith(name + "-")]
-        hint = f", or name an agent the course ships ({', '.join(shipped)})" if shipped else ""
-        raise FileNotFoundError(
-            f"--checkpoint {checkpoint}: no such run folder. Train one with `mlcourse train "
-            f"{name} --out {checkpoint}`{hint}"
-        )
+    if not Path(checkpoint).exists():  # not a run folder: a policy the course ships?
+        return _shipped_learner(exp, str(checkpoint), device)
     state = load_checkpoint(checkpoint, device)
     if state["experiment"] != name:
         raise ValueError(f"{checkpoint} holds a '{state['experiment']}' run, not '{name}'")

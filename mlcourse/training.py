@@ -333,9 +333,11 @@ def shipped_policy_for(experiment: str, name: str, option: str) -> dict:
     the errors: a name the course does not ship, or a policy of another experiment."""
     shipped = shipped_policies()
     if name not in shipped:
+        own = [n for n in shipped if n.startswith(experiment + "-")]
+        hint = f", or name one it ships for {experiment} ({', '.join(own)})" if own else ""
         raise FileNotFoundError(
-            f"{option} {name}: no such run folder, and the course ships no policy of that name "
-            f"(it ships {shipped})"
+            f"{option} {name}: no such run folder, and the course ships no policy of that "
+            f"name. Train one with `mlcourse train {experiment} --out {name}`{hint}"
         )
     saved = read_shipped_policy(name, shipped, "shipped policy")
     if saved["experiment"] != experiment:
