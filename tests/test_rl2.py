@@ -285,6 +285,8 @@ def test_eval_command_plays_a_shipped_agent_by_name(capsys):
     assert main(["eval", "rl2-bandit", "--checkpoint", "rl2-bandit-k9"]) == 1
     err = capsys.readouterr().err
     assert "no such run folder" in err and "rl2-bandit-k5-n10" in err
+    # It says how to make the run, and offers only this experiment's own agents.
+    assert "mlcourse train rl2-bandit --out rl2-bandit-k9" in err and "rl2-mdp-n10" not in err
 
 
 def test_rl2_mdp_defaults_are_the_table_recipe_and_flags_can_be_turned_off(tmp_path, capsys):
