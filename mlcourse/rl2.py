@@ -66,6 +66,18 @@ class RL2Config:
     anneal_lr: bool = _opt(False, "also decay the step size linearly to a tenth over them")
     value_coef: float = _opt(0.5, "weight of the value loss")
     max_grad_norm: float = _opt(1.0, "gradient clipping (global norm)")
+    expected_rewards: bool = _opt(
+        False,
+        "advantages and value targets use each step's expected reward (the pulled arm's "
+        "probability, the MDP's reward mean: known to the trainer, never shown to the agent) "
+        "instead of the sampled one: the same objective in expectation, with less variance",
+    )
+    privileged_critic: bool = _opt(
+        False,
+        "the value head also reads the task (arm probabilities, or reward means and "
+        "transitions) and the fraction of the trial played; it is used in training only, so "
+        "the agent (GRU and policy head) reads what it always reads",
+    )
     bf16: bool = _opt(
         False,
         "run the GRU in bfloat16 (autocast) for rollouts and updates; weights, optimizer and "
@@ -111,6 +123,15 @@ class RL2Config:
     @property
     def action_size(self) -> int:
         return self.num_arms if self.task == "bandit" else self.num_actions
+
+    @property
+    def task_size(self) -> int:
+        """Length of the task description a privileged critic reads (0 without one)."""
+        if not self.privileged_critic:
+            return 0
+        if self.task == "bandit":
+            return self.num_arms
+        return self.num_states * self.num_actions * (1 + self.num_states)
 
 
 EXPERIMENTS: dict[str, dict] = {
@@ -173,6 +194,55 @@ def rl2_inputs(
     return torch.cat([state, action, prev_reward.float()[:, None], prev_done.float()[:, None]], 1)
 
 
+def task_features(task: dict) -> Tensor:
+    """The description of each trial's task that a privileged critic reads.
+
+    Args:
+        task: what the batched environment's ``reset`` returned: ``probs``
+            ``(N, num_arms)``, or ``reward_means`` ``(N, S, A)`` and ``transitions``
+            ``(N, S, A, S)``.
+
+    Returns:
+        ``(N, num_arms)`` or ``(N, S * A * (1 + S))`` float32.
+
+    Example:
+        >>> task_features({"probs": torch.tensor([[0.2, 0.9]])}).tolist()
+        [[0.20000000298023224, 0.8999999761581543]]
+    """
+    if "probs" in task:
+        return task["probs"].float()
+    means, transitions = task["reward_means"], task["transitions"]
+    return torch.cat([means.flatten(1), transitions.flatten(1)], 1).float()
+
+
+class PrivilegedCritic(nn.Module):
+    """A value head that reads, besides the GRU's state, what the agent never sees: the task
+    itself and how far into the trial it is (an asymmetric actor-critic; only training uses it).
+
+    ``tanh(W_h h_t + W_τ τ + w_t t/T + b)`` followed by a linear output: one hidden layer on
+    the concatenation ``[h_t, τ, t/T]``, computed without copying the task to every step.
+
+    Args:
+        hidden_size: GRU units.
+        task_size: length of :func:`task_features`.
+        width: hidden units of the critic.
+    """
+
+    def __init__(self, hidden_size: int, task_size: int, width: int = 256):
+        super().__init__()
+        self.from_features = nn.Linear(hidden_size, width)
+        self.from_task = nn.Linear(task_size, width, bias=False)
+        self.from_time = nn.Linear(1, width, bias=False)
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, features: Tensor, task: Tensor, time: Tensor) -> Tensor:
+        """``features`` ``(T, N, hidden_size)``, ``task`` ``(N, task_size)``, ``time``
+        ``(T,)`` fractions of the trial played; returns ``(T, N, 1)``."""
+        h = self.from_features(features) + self.from_task(task)[None]
+        h = h + self.from_time(time[:, None].to(features.dtype))[:, None]
+        return self.out(torch.tanh(h))
+
+
 class RL2Policy(nn.Module):
     """A GRU over the RL² inputs, with a policy head and a value head.
 
@@ -180,6 +250,9 @@ class RL2Policy(nn.Module):
         num_states: observation one-hot size (1 for bandits).
         num_actions: number of actions.
         hidden_size: GRU units (256 in the course's runs).
+        task_size: 0 for the usual value head (a linear map of the GRU's state); otherwise
+            the value comes from a :class:`PrivilegedCritic` reading a task description of
+            this length, which :meth:`forward` then needs as ``task`` and ``time``.
 
     Example:
         >>> policy = RL2Policy(num_states=1, num_actions=5, hidden_size=16)
@@ -188,13 +261,19 @@ class RL2Policy(nn.Module):
         (torch.Size([7, 3, 5]), torch.Size([7, 3]), torch.Size([1, 3, 16]))
     """
 
-    def __init__(self, num_states: int, num_actions: int, hidden_size: int = 256):
+    def __init__(
+        self, num_states: int, num_actions: int, hidden_size: int = 256, task_size: int = 0
+    ):
         super().__init__()
         self.num_states, self.num_actions, self.hidden_size = num_states, num_actions, hidden_size
+        self.task_size = task_size
         self.input_size = num_states + num_actions + 2
         self.gru = nn.GRU(self.input_size, hidden_size)
         self.policy_head = nn.Linear(hidden_size, num_actions)
-        self.value_head = nn.Linear(hidden_size, 1)
+        if task_size:
+            self.critic = PrivilegedCritic(hidden_size, task_size)
+        else:
+            self.value_head = nn.Linear(hidden_size, 1)
         with torch.no_grad():  # start close to uniform, as is usual for PPO
             self.policy_head.weight.mul_(0.01)
             self.policy_head.bias.zero_()
@@ -217,9 +296,23 @@ class RL2Policy(nn.Module):
         dtype = self.gru.weight_hh_l0.dtype
         return torch.zeros(1, num_trials, self.hidden_size, device=device, dtype=dtype)
 
-    def forward(self, inputs: Tensor, hidden: Tensor | None = None):
+    @property
+    def value_output(self) -> nn.Linear:
+        """The last linear layer of the value computation (rescaled with ``value_scale``)."""
+        return self.critic.out if self.task_size else self.value_head
+
+    def forward(
+        self,
+        inputs: Tensor,
+        hidden: Tensor | None = None,
+        *,
+        task: Tensor | None = None,
+        time: Tensor | None = None,
+    ):
         """Runs the GRU over ``inputs`` ``(T, num_trials, input_size)`` from ``hidden``
-        (default: the start of a trial).
+        (default: the start of a trial). A policy with a privileged critic also needs the
+        ``task`` ``(num_trials, task_size)`` (:func:`task_features`) and the ``time``
+        ``(T,)`` of each step as a fraction of the trial; the logits never depend on them.
 
         Returns:
             ``logits`` ``(T, num_trials, num_actions)``, ``values`` ``(T, num_trials)``,
@@ -231,11 +324,22 @@ class RL2Policy(nn.Module):
                 f"inputs has shape {tuple(inputs.shape)}; expected (T, num_trials, "
                 f"{self.input_size}) built with rl2_inputs"
             )
+        if self.task_size and (
+            task is None or time is None or task.shape != (inputs.shape[1], self.task_size)
+        ):
+            raise ValueError(
+                f"this policy's critic reads the task: pass task=task_features(...) of shape "
+                f"({inputs.shape[1]}, {self.task_size}) and time of shape ({inputs.shape[0]},)"
+            )
         if hidden is None:
             hidden = self.initial_state(inputs.shape[1], inputs.device)
         with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             features, hidden = self.gru(inputs, hidden)
-            logits, values = self.policy_head(features), self.value_head(features)
+            logits = self.policy_head(features)
+            if self.task_size:
+                values = self.critic(features, task, time)
+            else:
+                values = self.value_head(features)
         # What leaves has the weights' dtype either way (float32 under bfloat16 autocast), so
         # log-probabilities, ratios and losses never compute in bfloat16.
         dtype = self.gru.weight_hh_l0.dtype
@@ -257,6 +361,8 @@ class Trials:
         logp: ``(T, N)`` log-probabilities of the actions when they were taken.
         values: ``(T, N)`` value estimates then.
         rewards: ``(T, N)``.
+        expected_rewards: ``(T, N)`` the mean of each step's reward given the task, the state
+            and the action (what ``expected_rewards`` training uses instead of ``rewards``).
         features: ``(T, N, hidden_size)`` hidden states (only with ``record_features``).
         task: the tasks of the batch (``probs``, or ``reward_means`` and ``transitions``).
     """
@@ -266,6 +372,7 @@ class Trials:
     logp: Tensor
     values: Tensor
     rewards: Tensor
+    expected_rewards: Tensor
     features: Tensor | None = None
     task: dict = field(default_factory=dict)
 
@@ -289,6 +396,15 @@ def make_envs(config: RL2Config, num_trials: int, device=None):
         config.num_episodes,
         device=device,
     )
+
+
+def expected_reward(task: dict, obs: Tensor, action: Tensor) -> Tensor:
+    """``(N,)`` mean reward of ``action`` in state ``obs`` for each trial's task (the arm's
+    success probability, or the MDP's reward mean): what the reward is in expectation."""
+    rows = torch.arange(action.shape[0], device=action.device)
+    if "probs" in task:
+        return task["probs"][rows, action]
+    return task["reward_means"][rows, obs, action]
 
 
 @torch.no_grad()
@@ -327,8 +443,10 @@ def run_trials(
     prev_action = torch.full((n,), -1, dtype=torch.long, device=device)
     prev_reward = torch.zeros(n, device=device)
     prev_done = torch.zeros(n, dtype=torch.bool, device=device)
-    inputs, actions, logps, values, rewards, features = [], [], [], [], [], []
-    for _ in range(length):
+    task_vector = task_features(task).to(device) if policy.task_size else None
+    times = torch.arange(length, device=device) / length  # as ppo_update computes them
+    inputs, actions, logps, values, rewards, means, features = [], [], [], [], [], [], []
+    for t in range(length):
         x = rl2_inputs(
             obs,
             prev_action,
@@ -337,12 +455,15 @@ def run_trials(
             num_states=policy.num_states,
             num_actions=policy.num_actions,
         )
-        logits, value, feature, hidden = policy(x[None], hidden)
+        logits, value, feature, hidden = policy(
+            x[None], hidden, task=task_vector, time=times[t : t + 1]
+        )
         logp_all = torch.log_softmax(logits[0], -1)
         if greedy:
             action = logp_all.argmax(-1)
         else:
             action = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+        means.append(expected_reward(task, obs, action))
         obs, reward, _, _, info = envs.step(action)
         inputs.append(x)
         actions.append(action)
@@ -359,6 +480,7 @@ def run_trials(
         logp=torch.stack(logps),
         values=torch.stack(values),
         rewards=torch.stack(rewards),
+        expected_rewards=torch.stack(means).float(),
         features=torch.stack(features) if record_features else None,
         task=task,
     )
@@ -384,8 +506,12 @@ def ppo_update(
         Averages over the minibatch updates: ``loss``, ``policy_loss``, ``value_loss``,
         ``entropy``, ``approx_kl``.
     """
-    advantages = gae(trials.rewards, trials.values, gamma=config.gamma, lam=config.lam)
+    rewards = trials.expected_rewards if config.expected_rewards else trials.rewards
+    advantages = gae(rewards, trials.values, gamma=config.gamma, lam=config.lam)
     targets = advantages + trials.values
+    length = trials.actions.shape[0]
+    task = task_features(trials.task) if policy.task_size else None
+    time = torch.arange(length, device=trials.actions.device) / length
     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     n = trials.actions.shape[1]
     size = math.ceil(n / config.minibatches)
@@ -397,7 +523,8 @@ def ppo_update(
         )
         for start in range(0, n, size):
             idx = order[start : start + size].to(trials.actions.device)
-            logits, values, _, _ = policy(trials.inputs[:, idx])
+            critic_task = task[idx] if task is not None else None
+            logits, values, _, _ = policy(trials.inputs[:, idx], task=critic_task, time=time)
             logp_all = torch.log_softmax(logits, -1)
             logp = logp_all.gather(2, trials.actions[:, idx, None]).squeeze(2)
             entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
@@ -425,8 +552,8 @@ def ppo_update(
         spread = targets.std().clamp(min=1e-3)
         policy.value_scale.mul_(1 - VALUE_SCALE_RATE).add_(VALUE_SCALE_RATE * spread)
         # ... rescaling the head so that the values it predicts do not jump (as in PopArt).
-        policy.value_head.weight.mul_(old / policy.value_scale)
-        policy.value_head.bias.mul_(old / policy.value_scale)
+        policy.value_output.weight.mul_(old / policy.value_scale)
+        policy.value_output.bias.mul_(old / policy.value_scale)
     return {k: v / updates for k, v in totals.items()}
 
 
@@ -444,7 +571,9 @@ class RL2Learner:
         self.device = torch.device(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.policy = RL2Policy(config.obs_size, config.action_size, config.hidden_size)
+            self.policy = RL2Policy(
+                config.obs_size, config.action_size, config.hidden_size, config.task_size
+            )
         self.policy.to(self.device)
         self.policy.bf16 = config.bf16
         self.optimizer = make_adam(self.policy.parameters(), lr=config.lr)
@@ -505,9 +634,18 @@ class RL2Learner:
     def load_weights(self, state: dict, source: str = "the other run") -> None:
         """Starts from the policy (GRU, heads and value scale) of another run's ``state``;
         the optimizer, generators and schedule stay fresh. The tasks may differ in trial
-        length (e.g. ``num_episodes``) but not in the policy's shapes."""
+        length (e.g. ``num_episodes``) but not in the policy's shapes. When only one of the
+        two runs has a privileged critic, the agent (GRU and policy head) and the value scale
+        are taken and this run's value head starts afresh."""
         own = self.policy.state_dict()
-        theirs = state["policy"]
+        theirs = dict(state["policy"])
+        same_critic = ("critic.out.weight" in theirs) == bool(self.policy.task_size)
+        if not same_critic:
+            fresh = [k for k in own if k.startswith(("critic.", "value_head."))]
+            theirs = {
+                k: v for k, v in theirs.items() if not k.startswith(("critic.", "value_head."))
+            }
+            theirs.update({k: own[k] for k in fresh})
         wrong = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
         if wrong:
             raise ValueError(
@@ -584,7 +722,7 @@ def load_pretrained(name: str, device=None) -> tuple[RL2Policy, RL2Config, dict]
     """
     saved = read_shipped_policy(name, available_pretrained(), "pretrained agent")
     config = RL2Config(**saved["config"])
-    policy = RL2Policy(config.obs_size, config.action_size, config.hidden_size)
+    policy = RL2Policy(config.obs_size, config.action_size, config.hidden_size, config.task_size)
     policy.load_state_dict(saved["policy"])
     policy.eval()
     info = {k: v for k, v in saved.items() if k != "policy"}

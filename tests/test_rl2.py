@@ -135,6 +135,83 @@ def test_the_hidden_state_starts_at_zero_in_every_trial():
     assert not torch.allclose(first.values[-1], second.values[-1])
 
 
+@pytest.mark.parametrize("task", ["bandit", "mdp"])
+def test_expected_rewards_are_the_means_of_the_sampled_ones(task):
+    """Each step's expected reward is the mean of its reward given the task, state and action:
+    the pulled arm's probability, or the MDP's reward mean in the state the action was taken."""
+    sizes = dict(num_states=3, num_actions=2, episode_length=4, num_episodes=2)
+    config = small_config(task=task, trials_per_step=20_000, **sizes)
+    learner = rl2.RL2Learner(config)
+    trials = rl2.run_trials(learner.policy, learner.envs, generator=learner.generator)
+    rows = torch.arange(trials.actions.shape[1])
+    if task == "bandit":
+        want = trials.task["probs"][rows, trials.actions]
+    else:
+        states = trials.inputs[..., : config.num_states].argmax(-1)
+        want = trials.task["reward_means"][rows, states, trials.actions]
+    assert torch.equal(trials.expected_rewards, want)
+    # Averaged over many trials, the sampled rewards and their means agree (noise only).
+    gap = (trials.rewards - trials.expected_rewards).mean(1)
+    noise = (trials.rewards - trials.expected_rewards).std(1) / trials.actions.shape[1] ** 0.5
+    assert (gap.abs() < 5 * noise).all()
+    assert not torch.equal(trials.rewards, trials.expected_rewards)
+
+
+def test_the_privileged_critic_reads_the_task_and_time_but_the_agent_does_not():
+    torch.manual_seed(0)
+    policy = rl2.RL2Policy(num_states=1, num_actions=3, hidden_size=8, task_size=3).double()
+    x = torch.randn(5, 4, policy.input_size, dtype=torch.float64)
+    task = torch.rand(4, 3, dtype=torch.float64)
+    time = torch.arange(5, dtype=torch.float64) / 5
+    logits, values, _, hidden = policy(x, task=task, time=time)
+    other_logits, other_values, _, _ = policy(x, task=torch.rand_like(task), time=time.flip(0))
+    assert torch.equal(logits, other_logits)  # what the agent does ignores the privilege ...
+    assert not torch.allclose(values, other_values)  # ... the value does not
+    # Step by step (the rollout) equals the whole sequence (the PPO update).
+    h = policy.initial_state(4)
+    for t in range(5):
+        lt, vt, _, h = policy(x[t : t + 1], h, task=task, time=time[t : t + 1])
+        assert torch.allclose(lt[0], logits[t]) and torch.allclose(vt[0], values[t])
+    assert torch.allclose(h, hidden)
+    with pytest.raises(ValueError, match="critic reads the task"):
+        policy(x)
+    with pytest.raises(ValueError, match=r"shape \(4, 3\)"):
+        policy(x, task=task[:, :2], time=time)
+
+
+@pytest.mark.parametrize("task", ["bandit", "mdp"])
+def test_replayed_trials_give_the_rollouts_values_with_a_privileged_critic(task):
+    sizes = dict(num_states=4, num_actions=3, episode_length=3, num_episodes=2)
+    config = small_config(task=task, privileged_critic=True, **sizes)
+    assert config.task_size == (3 if task == "bandit" else 4 * 3 * 5)
+    learner = rl2.RL2Learner(config)
+    trials = rl2.run_trials(learner.policy, learner.envs, generator=learner.generator)
+    length = trials.actions.shape[0]
+    task_vector = rl2.task_features(trials.task)
+    time = torch.arange(length) / length
+    logits, values, _, _ = learner.policy(trials.inputs, task=task_vector, time=time)
+    logp = torch.log_softmax(logits, -1).gather(2, trials.actions[..., None]).squeeze(2)
+    assert torch.allclose(logp, trials.logp, atol=1e-5)
+    assert torch.allclose(values, trials.values, atol=1e-5)
+
+
+def test_with_expected_rewards_the_advantages_are_computed_from_them(monkeypatch):
+    config = small_config(expected_rewards=True, privileged_critic=True)
+    learner = rl2.RL2Learner(config)
+    seen = []
+    real_gae = rl2.gae
+    monkeypatch.setattr(
+        rl2, "gae", lambda rewards, *a, **k: seen.append(rewards) or real_gae(rewards, *a, **k)
+    )
+    before = params(learner)
+    learner.step(0)
+    trials = rl2.run_trials(learner.policy, learner.envs, generator=learner.generator)
+    assert len(seen) == 1 and not torch.equal(params(learner), before)
+    assert ((seen[0] > 0) & (seen[0] < 1)).float().mean() > 0.9  # probabilities, not 0 / 1
+    assert torch.isfinite(torch.tensor(list(learner.last_stats.values()))).all()
+    assert trials.expected_rewards.shape == trials.rewards.shape
+
+
 # ---------------------------------------------------------------------------------------------
 # Training
 
@@ -354,6 +431,41 @@ def test_init_from_a_shipped_agent_starts_from_its_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="ships no policy of that name"):
         run_training("rl2-mdp", tmp_path / "c", init_from="rl2-mdp-n99")
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_init_from_a_shipped_agent_into_a_privileged_critic_run(tmp_path):
+    """The agent (GRU, policy head) and the value scale come from the shipped policy; the
+    critic, which the shipped policy lacks, starts afresh, and exports and loads back."""
+    from mlcourse.experiments import load_learner, run_training
+
+    policy, _, _ = rl2.load_pretrained("rl2-mdp-n10")
+    options = {"num_episodes": 25, "trials_per_step": 4, "minibatches": 2, "steps": 1}
+    options.update(privileged_critic=True, expected_rewards=True)
+    run_training(
+        "rl2-mdp", tmp_path / "ft", overrides=options, progress=False, init_from="rl2-mdp-n10"
+    )
+    start, _ = load_learner("rl2-mdp", tmp_path / "ft", "cpu")
+    assert start.policy.task_size == 10 * 5 * 11 and not hasattr(start.policy, "value_head")
+    run_training(
+        "rl2-mdp",
+        tmp_path / "zero",
+        overrides=options,
+        progress=False,
+        init_from="rl2-mdp-n10",
+        max_seconds=0,
+    )
+    fresh, _ = load_learner("rl2-mdp", tmp_path / "zero", "cpu")
+    for name in ("gru.weight_hh_l0", "policy_head.weight", "value_scale"):
+        assert torch.equal(fresh.policy.state_dict()[name], policy.state_dict()[name]), name
+    rl2.export_pretrained(tmp_path / "ft", tmp_path / "agent.pt")
+    saved = torch.load(tmp_path / "agent.pt", weights_only=False)
+    config = rl2.RL2Config(**saved["config"])
+    loaded = rl2.RL2Policy(
+        config.obs_size, config.action_size, config.hidden_size, config.task_size
+    )
+    loaded.load_state_dict(saved["policy"])
+    score = rl2.evaluate(loaded, config, num_trials=8)
+    assert score == rl2.evaluate(start.policy, start.config, num_trials=8)
 
 
 def test_init_from_refuses_what_cannot_fit(tmp_path):
