@@ -206,8 +206,11 @@ def task_features(task: dict) -> Tensor:
         ``(N, num_arms)`` or ``(N, S * A * (1 + S))`` float32.
 
     Example:
-        >>> task_features({"probs": torch.tensor([[0.2, 0.9]])}).tolist()
-        [[0.20000000298023224, 0.8999999761581543]]
+        >>> task_features({"probs": torch.tensor([[0.25, 0.75]])}).tolist()
+        [[0.25, 0.75]]
+        >>> task = {"reward_means": torch.zeros(2, 10, 5), "transitions": torch.ones(2, 10, 5, 10)}
+        >>> task_features(task).shape
+        torch.Size([2, 550])
     """
     if "probs" in task:
         return task["probs"].float()
