@@ -14,14 +14,15 @@ episodes of a fixed seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from mlcourse import fewshot
 from mlcourse.maml import params_of
-from mlcourse.models import Conv4
+from mlcourse.models import NORMS, Conv4
+from mlcourse.options import check_config, option
 from mlcourse.tasks import ProceduralCharacters, load_omniglot
 from mlcourse.training import make_adam, restore_generator
 
@@ -32,56 +33,46 @@ EVAL_SEED = 20_160_616  # held-out episodes: a generator no training run uses
 EVAL_CHUNK = 100  # episodes evaluated at once (bounds memory)
 
 
-def _opt(default, text):
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class CharsConfig:
     """Hyperparameters of a few-shot character experiment (each is a ``mlcourse train``
     option)."""
 
-    algorithm: str = _opt("protonet", f"one of {', '.join(ALGORITHMS)}")
-    dataset: str = _opt("procedural", "procedural (offline) or omniglot (needs --data-dir)")
-    data_dir: str = _opt("", "Omniglot folder holding images_background.zip, ...")
-    download: bool = _opt(False, "download Omniglot into --data-dir if it is missing")
-    seed: int = _opt(0, "seed of the initialisation and of the training episodes")
-    steps: int = _opt(20_000, "training iterations (episode batches)")
-    meta_batch_size: int = _opt(1, "episodes per iteration")
-    n_way: int = _opt(5, "classes per episode (MAML: fixes the head's size)")
-    k_shot: int = _opt(1, "support images per class")
-    k_query: int = _opt(15, "query images per class in training")
-    meta_lr: float = _opt(1e-3, "Adam step size")
-    inner_lr: float = _opt(0.4, "MAML/ANIL: inner-loop SGD step size")
-    num_inner_steps: int = _opt(1, "MAML/ANIL: inner steps in training")
-    eval_inner_steps: int = _opt(3, "MAML/ANIL: inner steps at test time")
-    hidden_channels: int = _opt(64, "Conv4 feature maps per block")
-    norm: str = _opt("group", "Conv4 normalisation: group, batch or none")
-    fce: bool = _opt(False, "Matching Networks: full context embeddings")
-    temperature: float = _opt(
-        0.1, "Matching Networks: divides the cosine similarities (the paper's is 1)"
+    algorithm: str = option("protonet", f"one of {', '.join(ALGORITHMS)}", choices=ALGORITHMS)
+    dataset: str = option(
+        "procedural", "procedural (offline) or omniglot (needs --data-dir)", choices=DATASETS
     )
-    per_task_loop: bool = _opt(
+    data_dir: str = option("", "Omniglot folder holding images_background.zip, ...")
+    download: bool = option(False, "download Omniglot into --data-dir if it is missing")
+    seed: int = option(0, "seed of the initialisation and of the training episodes")
+    steps: int = option(20_000, "training iterations (episode batches)", min=1)
+    meta_batch_size: int = option(1, "episodes per iteration", min=1)
+    n_way: int = option(5, "classes per episode (MAML: fixes the head's size)", min=2)
+    k_shot: int = option(1, "support images per class", min=1)
+    k_query: int = option(15, "query images per class in training", min=1)
+    meta_lr: float = option(1e-3, "Adam step size", above=0)
+    inner_lr: float = option(0.4, "MAML/ANIL: inner-loop SGD step size", min=0)
+    num_inner_steps: int = option(1, "MAML/ANIL: inner steps in training", min=1)
+    eval_inner_steps: int = option(3, "MAML/ANIL: inner steps at test time", min=0)
+    hidden_channels: int = option(64, "Conv4 feature maps per block", min=1)
+    norm: str = option("group", "Conv4 normalisation: group, batch or none", choices=NORMS)
+    fce: bool = option(False, "Matching Networks: full context embeddings")
+    temperature: float = option(
+        0.1, "Matching Networks: divides the cosine similarities (the paper's is 1)", above=0
+    )
+    per_task_loop: bool = option(
         False, "MAML/ANIL: adapt task by task instead of with vmap (faster for Conv4 on a CPU)"
     )
-    checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
-    log_every: int = _opt(100, "steps between log lines")
+    checkpoint_every: float = option(30.0, "seconds between checkpoints", min=0)
+    log_every: int = option(100, "steps between log lines", min=1)
 
     def __post_init__(self):
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        check_config(self)
         if self.dataset == "omniglot" and not self.data_dir:
             raise ValueError(
                 "--dataset omniglot needs --data-dir DIR, the folder holding "
                 "images_background.zip and images_evaluation.zip (add --download to fetch them)"
             )
-        for name in ("steps", "meta_batch_size", "n_way", "k_shot", "k_query", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.n_way < 2:
-            raise ValueError(f"n_way must be at least 2, got {self.n_way}")
 
 
 EXPERIMENTS: dict[str, dict] = {

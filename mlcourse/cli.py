@@ -11,6 +11,8 @@ import dataclasses
 import json
 import sys
 
+from mlcourse.options import nonnegative_float, positive_float, positive_int
+
 COMMANDS = {
     "doctor": "versions, device, widgets, and what will be slow",
     "train": "train an experiment, with checkpoints and --resume",
@@ -60,9 +62,10 @@ def cmd_train(rest: list[str]) -> int:
     parser.add_argument("--out", required=True, help="run folder (checkpoint, config, log)")
     parser.add_argument(
         "--max-seconds",
-        type=float,
+        type=nonnegative_float,
         default=None,
-        help="stop after this many seconds of training (a checkpoint is saved)",
+        help="stop after this many seconds of training (a checkpoint is saved; 0 saves the "
+        "starting point without training)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -104,14 +107,20 @@ def cmd_train(rest: list[str]) -> int:
         progress=not args.no_progress,
         init_from=args.init_from,
     )
-    _emit(
-        summary,
-        args.json,
-        f"{summary['experiment']}: step {summary['step']}/{summary['steps']}"
-        f" in {summary['seconds']:.0f} s, loss {summary['loss']:.4g};"
-        f" checkpoint in {summary['out']}",
-    )
+    _emit(summary, args.json, _train_text(summary))
     return 0
+
+
+def _train_text(summary: dict) -> str:
+    """One line for a finished ``train`` call."""
+    done = f"{summary['experiment']}: step {summary['step']}/{summary['steps']}"
+    if summary.get("already_finished"):
+        return (
+            f"{done}: the run in {summary['out']} had already finished; nothing to do "
+            "(give a larger --steps to train it further)"
+        )
+    loss = "no step taken" if summary["loss"] is None else f"loss {summary['loss']:.4g}"
+    return f"{done} in {summary['seconds']:.0f} s, {loss}; checkpoint in {summary['out']}"
 
 
 def cmd_eval(rest: list[str]) -> int:
@@ -147,12 +156,15 @@ def cmd_bench(rest: list[str]) -> int:
     )
     parser.add_argument(
         "--iters",
-        type=int,
+        type=positive_int,
         default=None,
         help="iterations per round and variant (default: per benchmark)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=None, help="alternating rounds (default: per benchmark)"
+        "--rounds",
+        type=positive_int,
+        default=None,
+        help="alternating rounds (default: per benchmark)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best)")
     parser.add_argument(
@@ -172,20 +184,35 @@ def cmd_baselines(rest: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mlcourse baselines", description=COMMANDS["baselines"])
     sub = parser.add_subparsers(dest="family", required=True, metavar="bandit|mdp")
     bandit = sub.add_parser("bandit", help="Bernoulli bandits with arms U[0, 1]")
-    bandit.add_argument("--arms", type=int, default=5, help="k (default: 5)")
-    bandit.add_argument("--pulls", type=int, default=10, help="n, pulls per trial (default: 10)")
+    bandit.add_argument("--arms", type=positive_int, default=5, help="k (default: 5)")
     bandit.add_argument(
-        "--episodes", type=int, default=10_000, help="bandits (trials) to average over"
+        "--pulls", type=positive_int, default=10, help="n, pulls per trial (default: 10)"
     )
-    bandit.add_argument("--epsilon", type=float, default=0.1, help="ε of ε-greedy (default 0.1)")
-    bandit.add_argument("--ucb-c", type=float, default=1.0, help="UCB1's bonus scale (default 1)")
+    bandit.add_argument(
+        "--episodes", type=positive_int, default=10_000, help="bandits (trials) to average over"
+    )
+    bandit.add_argument(
+        "--epsilon", type=nonnegative_float, default=0.1, help="ε of ε-greedy (default 0.1)"
+    )
+    bandit.add_argument(
+        "--ucb-c", type=nonnegative_float, default=1.0, help="UCB1's bonus scale (default 1)"
+    )
     mdp = sub.add_parser("mdp", help="random tabular MDPs (10 states, 5 actions, 10 steps)")
     mdp.add_argument(
-        "--episodes-per-trial", type=int, default=10, help="n, episodes per trial (default: 10)"
+        "--episodes-per-trial",
+        type=positive_int,
+        default=10,
+        help="n, episodes per trial (default: 10)",
     )
-    mdp.add_argument("--trials", type=int, default=1000, help="MDPs (trials) to average over")
-    mdp.add_argument("--epsilon", type=float, default=0.1, help="ε of ε-greedy (default 0.1)")
-    mdp.add_argument("--beb-beta", type=float, default=1.0, help="BEB's bonus scale (default 1)")
+    mdp.add_argument(
+        "--trials", type=positive_int, default=1000, help="MDPs (trials) to average over"
+    )
+    mdp.add_argument(
+        "--epsilon", type=nonnegative_float, default=0.1, help="ε of ε-greedy (default 0.1)"
+    )
+    mdp.add_argument(
+        "--beb-beta", type=nonnegative_float, default=1.0, help="BEB's bonus scale (default 1)"
+    )
     for p in (bandit, mdp):
         p.add_argument("--seed", type=int, default=0, help="seed of the tasks and the strategies")
         p.add_argument("--device", default="cpu", help="where the environments run (cpu)")
@@ -266,12 +293,12 @@ def cmd_grade(rest: list[str]) -> int:
     parser.add_argument("--csv", default=None, help="write the gradebook to this CSV file")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_float,
         default=grading.DEFAULT_TIMEOUT,
         help=f"seconds per notebook (default: {grading.DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
-        "--jobs", type=int, default=1, help="submissions graded at once (default: 1)"
+        "--jobs", type=positive_int, default=1, help="submissions graded at once (default: 1)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(rest)
@@ -315,11 +342,20 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in HANDLERS:
         print(f"mlcourse: unknown command {argv[0]!r}\n\n{usage}", file=sys.stderr)
         return 2
+    from mlcourse.options import OptionError
+    from mlcourse.training import Interrupted
+
     try:
         return HANDLERS[argv[0]](argv[1:])
+    except Interrupted as err:
+        print(f"mlcourse {argv[0]}: {err}", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print("mlcourse: interrupted (the last checkpoint is kept; use --resume)", file=sys.stderr)
         return 130
+    except OptionError as err:
+        print(f"mlcourse {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, FloatingPointError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mlcourse {argv[0]}: error: {message}", file=sys.stderr)

@@ -12,13 +12,19 @@ from typing import Any
 import torch
 
 from mlcourse import chars, maml_rl, metagenrl, rl2, sine
+from mlcourse.options import nonnegative_float, nonnegative_int, positive_int
 from mlcourse.training import (
-    default_device,
     load_checkpoint,
     make_config,
+    resolve_device,
+    saved_run,
     shipped_policy_for,
     train,
 )
+
+# options that may change when a run is resumed: they change when it stops and what it writes
+# down, never what it computes
+RESUMABLE_OPTIONS = ("steps", "checkpoint_every", "log_every")
 
 
 @dataclass(frozen=True)
@@ -45,12 +51,14 @@ class Experiment:
 
 
 def _sine_eval_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shots", type=int, default=10, help="support points per task (K)")
-    parser.add_argument("--inner-steps", type=int, default=1, help="adaptation steps")
-    parser.add_argument("--num-tasks", type=int, default=1000, help="held-out tasks")
+    parser.add_argument(
+        "--shots", type=positive_int, default=10, help="support points per task (K)"
+    )
+    parser.add_argument("--inner-steps", type=nonnegative_int, default=1, help="adaptation steps")
+    parser.add_argument("--num-tasks", type=positive_int, default=1000, help="held-out tasks")
     parser.add_argument(
         "--inner-lr",
-        type=float,
+        type=nonnegative_float,
         default=None,
         help="test-time step size (default: the run's; Meta-SGD: learned)",
     )
@@ -100,16 +108,21 @@ EXPERIMENTS: dict[str, Experiment] = {
 
 
 def _chars_eval_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-way", type=int, default=5, help="classes per episode (N)")
-    parser.add_argument("--k-shot", type=int, default=1, help="support images per class (K)")
-    parser.add_argument("--episodes", type=int, default=1000, help="held-out episodes")
-    parser.add_argument("--k-query", type=int, default=15, help="query images per class")
+    parser.add_argument("--n-way", type=positive_int, default=5, help="classes per episode (N)")
     parser.add_argument(
-        "--split", default="test", help="classes to draw from: test (held out), val or train"
+        "--k-shot", type=positive_int, default=1, help="support images per class (K)"
+    )
+    parser.add_argument("--episodes", type=positive_int, default=1000, help="held-out episodes")
+    parser.add_argument("--k-query", type=positive_int, default=15, help="query images per class")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val", "train"),
+        help="classes to draw from: test (held out), val or train",
     )
     parser.add_argument(
         "--inner-steps",
-        type=int,
+        type=nonnegative_int,
         default=None,
         help="MAML/ANIL: test-time adaptation steps (default: the run's eval_inner_steps)",
     )
@@ -154,17 +167,19 @@ EXPERIMENTS.update(
 
 
 def _rl2_bandit_eval_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arms", type=int, default=None, help="k (default: the run's)")
-    parser.add_argument("--pulls", type=int, default=None, help="n (default: the run's)")
-    parser.add_argument("--episodes", type=int, default=1000, help="held-out bandits (trials)")
+    parser.add_argument("--arms", type=positive_int, default=None, help="k (default: the run's)")
+    parser.add_argument("--pulls", type=positive_int, default=None, help="n (default: the run's)")
+    parser.add_argument(
+        "--episodes", type=positive_int, default=1000, help="held-out bandits (trials)"
+    )
     _rl2_common_eval_args(parser)
 
 
 def _rl2_mdp_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--episodes-per-trial", type=int, default=None, help="n (default: the run's)"
+        "--episodes-per-trial", type=positive_int, default=None, help="n (default: the run's)"
     )
-    parser.add_argument("--trials", type=int, default=1000, help="held-out MDPs (trials)")
+    parser.add_argument("--trials", type=positive_int, default=1000, help="held-out MDPs (trials)")
     _rl2_common_eval_args(parser)
 
 
@@ -211,9 +226,11 @@ EXPERIMENTS.update(
 
 
 def _nav_eval_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--inner-steps", type=int, default=3, help="adaptation steps")
-    parser.add_argument("--trajectories", type=int, default=40, help="trajectories per goal")
-    parser.add_argument("--goals", type=int, default=40, help="held-out goals")
+    parser.add_argument("--inner-steps", type=nonnegative_int, default=3, help="adaptation steps")
+    parser.add_argument(
+        "--trajectories", type=positive_int, default=40, help="trajectories per goal"
+    )
+    parser.add_argument("--goals", type=positive_int, default=40, help="held-out goals")
     parser.add_argument(
         "--untrained",
         action="store_true",
@@ -222,7 +239,7 @@ def _nav_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=maml_rl.EVAL_SEED, help="seed of the goals")
     parser.add_argument(
         "--later-inner-lr",
-        type=float,
+        type=nonnegative_float,
         default=None,
         help="step size of the steps after the first (default: half the run's inner_lr, as in"
         " the MAML paper's test script)",
@@ -270,8 +287,10 @@ def _metagenrl_eval_args(parser: argparse.ArgumentParser) -> None:
         default="pendulum",
         help=f"environment family to train fresh agents on: one of {', '.join(metagenrl.ENVS)}",
     )
-    parser.add_argument("--seeds", type=int, default=3, help="agents per objective")
-    parser.add_argument("--steps", type=int, default=20_000, help="environment steps per agent")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="agents per objective")
+    parser.add_argument(
+        "--steps", type=positive_int, default=20_000, help="environment steps per agent"
+    )
 
 
 def _metagenrl_evaluate(learner: metagenrl.MetaGenRLLearner, opts: argparse.Namespace) -> dict:
@@ -313,11 +332,19 @@ def run_training(
     exp = get(name)
     overrides = dict(overrides or {})
     if resume:
-        saved = load_checkpoint(out, "cpu")["config"]
-        changed = {k: v for k, v in overrides.items() if k != "steps" and saved.get(k) != v}
-        if changed:
+        saved_name, saved = saved_run(out)
+        if saved_name != name:
             raise ValueError(
-                f"cannot change {sorted(changed)} when resuming (only --steps); "
+                f"{out} holds a '{saved_name}' run, not '{name}': resume it with "
+                f"`mlcourse train {saved_name} --out {out} --resume`"
+            )
+        changed = {
+            k: v for k, v in overrides.items() if k not in RESUMABLE_OPTIONS and saved.get(k) != v
+        }
+        if changed:
+            resumable = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_OPTIONS)
+            raise ValueError(
+                f"cannot change {sorted(changed)} when resuming (only {resumable}); "
                 "start a new run in another --out instead"
             )
         config = make_config(exp.config_cls, {**saved, **overrides})
@@ -358,7 +385,7 @@ def load_learner(name: str, checkpoint: str | Path, device=None):
     ships (e.g. ``rl2-bandit-k5-n10``): its weights in a fresh learner, with a state that
     holds ``step`` (the iterations it was trained for) and ``shipped`` (its name)."""
     exp = get(name)
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     if not Path(checkpoint).exists():  # not a run folder: a policy the course ships?
         return _shipped_learner(exp, str(checkpoint), device)
     state = load_checkpoint(checkpoint, device)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from mlcourse.envs import Navigation2DVectorEnv
+from mlcourse.options import check_config, option, parse_widths
 from mlcourse.rl.dice import dice_objective, lvc_objective
 from mlcourse.rl.policies import linear_feature_values
 from mlcourse.training import (
@@ -423,76 +424,64 @@ ALGORITHMS = ("maml", "fomaml", "reptile", "pretrain")
 EVAL_SEED = 20_170_309  # held-out goals: a generator no training run uses
 
 
-def _opt(default, text):
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class NavConfig:
     """Hyperparameters of a 2D-navigation meta-RL run (each is a ``mlcourse train`` option)."""
 
-    algorithm: str = _opt("maml", f"one of {', '.join(ALGORITHMS)}")
-    seed: int = _opt(0, "seed of the initialisation, the goals and the action noise")
-    steps: int = _opt(500, "meta-iterations")
-    meta_batch_size: int = _opt(20, "goals per meta-iteration")
-    trajectories: int = _opt(20, "trajectories per goal for each policy-gradient estimate")
-    inner_lr: float = _opt(0.1, "step size of the inner policy-gradient step")
-    gamma: float = _opt(0.99, "discount factor")
-    outer_lr: float = _opt(3e-4, "Adam step size of the outer loop (Reptile: interpolation ε)")
-    log_std_lr: float = _opt(
+    algorithm: str = option("maml", f"one of {', '.join(ALGORITHMS)}", choices=ALGORITHMS)
+    seed: int = option(0, "seed of the initialisation, the goals and the action noise")
+    steps: int = option(500, "meta-iterations", min=1)
+    meta_batch_size: int = option(20, "goals per meta-iteration", min=1)
+    trajectories: int = option(20, "trajectories per goal for each policy-gradient estimate", min=1)
+    inner_lr: float = option(0.1, "step size of the inner policy-gradient step", min=0)
+    gamma: float = option(0.99, "discount factor", min=0, max=1)
+    outer_lr: float = option(
+        3e-4, "Adam step size of the outer loop (Reptile: interpolation ε)", above=0
+    )
+    log_std_lr: float = option(
         0.0,
         "Adam step size of the policy's log σ alone (0: outer_lr, like every other parameter)",
+        min=0,
     )
-    epochs: int = _opt(5, "PPO epochs per meta-iteration (MAML, first-order MAML, pretraining)")
-    clip: float = _opt(0.2, "PPO clipping ε")
-    max_grad_norm: float = _opt(1.0, "gradient clipping (global norm)")
-    pre_kl_coef: float = _opt(
-        1.0, "MAML: penalty on KL(old ‖ new) of the pre-update policy (a trust region)"
+    epochs: int = option(
+        5, "PPO epochs per meta-iteration (MAML, first-order MAML, pretraining)", min=1
     )
-    estimator: str = _opt("dice", f"MAML's inner surrogate: one of {', '.join(ESTIMATORS)}")
-    reptile_inner_steps: int = _opt(3, "Reptile: policy-gradient steps per goal")
-    num_inner_steps: int = _opt(
+    clip: float = option(0.2, "PPO clipping ε", above=0)
+    max_grad_norm: float = option(1.0, "gradient clipping (global norm)", above=0)
+    pre_kl_coef: float = option(
+        1.0, "MAML: penalty on KL(old ‖ new) of the pre-update policy (a trust region)", min=0
+    )
+    estimator: str = option(
+        "dice", f"MAML's inner surrogate: one of {', '.join(ESTIMATORS)}", choices=ESTIMATORS
+    )
+    reptile_inner_steps: int = option(3, "Reptile: policy-gradient steps per goal", min=1)
+    num_inner_steps: int = option(
         1,
         "MAML, first-order MAML: policy-gradient steps of the inner loop while meta-training"
         " (the first of inner_lr, the later ones of inner_lr / 2, as at test time)",
+        min=1,
     )
-    hidden: str = _opt("100,100", "hidden layer widths, comma separated")
-    action_scale: float = _opt(
+    hidden: str = option("100,100", "hidden layer widths, comma separated", widths=True)
+    action_scale: float = option(
         1.0,
         "the environment gets action_scale × the policy's action (0.1: the policy acts in units"
         " of the ±0.1 action range, as rllab's normalize() in the MAML paper's code)",
+        above=0,
     )
-    checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
-    log_every: int = _opt(5, "iterations between log lines")
+    checkpoint_every: float = option(30.0, "seconds between checkpoints", min=0)
+    log_every: int = option(5, "iterations between log lines", min=1)
 
     def __post_init__(self):
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        for name in (
-            "steps",
-            "meta_batch_size",
-            "trajectories",
-            "epochs",
-            "log_every",
-            "num_inner_steps",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_config(self)
         if self.num_inner_steps > 1 and self.algorithm not in ("maml", "fomaml"):
             raise ValueError(
                 f"num_inner_steps={self.num_inner_steps} is for MAML and first-order MAML: Reptile "
                 "takes reptile_inner_steps, and pretraining has no inner loop"
             )
-        if self.log_std_lr < 0:
-            raise ValueError(
-                f"log_std_lr must be 0 (same as outer_lr) or positive, got {self.log_std_lr}"
-            )
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
-        return tuple(int(h) for h in str(self.hidden).split(",") if h.strip())
+        return parse_widths(self.hidden)
 
 
 # New runs act in units of the action range, as the paper's code does (NavConfig's own default,

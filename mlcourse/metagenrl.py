@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from mlcourse.options import check_config, option, parse_widths
+
 Params = dict[str, Tensor]
 NUM_FEATURES = 6
 
@@ -458,43 +460,40 @@ class Agent:
         self.returns = list(state["returns"])
 
 
-def _opt(default, text):
-    from dataclasses import field
-
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class MetaGenRLConfig:
     """Hyperparameters of a MetaGenRL run (each is a ``mlcourse train metagenrl`` option)."""
 
-    envs: str = _opt("navigation,mountaincar", "environment families meta-trained on")
-    agents_per_env: int = _opt(2, "agents per environment family in the population")
-    seed: int = _opt(0, "seed of the tasks, networks, exploration and sampling")
-    steps: int = _opt(20_000, "environment steps per agent")
-    warmup: int = _opt(1000, "steps of random actions before any update")
-    batch_size: int = _opt(128, "transitions per update")
-    policy_delay: int = _opt(2, "critic updates per actor (and objective) update, as in TD3")
-    actor_lr: float = _opt(1e-3, "actor's Adam step size")
-    critic_lr: float = _opt(1e-3, "critics' Adam step size")
-    objective_lr: float = _opt(1e-3, "learned objective's Adam step size")
-    meta_step_size: float = _opt(
-        1e-2, "η of the differentiated actor step θ' = θ − η g/‖g‖, g = ∇L_α"
+    envs: str = option("navigation,mountaincar", "environment families meta-trained on")
+    agents_per_env: int = option(2, "agents per environment family in the population", min=1)
+    seed: int = option(0, "seed of the tasks, networks, exploration and sampling")
+    steps: int = option(20_000, "environment steps per agent", min=1)
+    warmup: int = option(1000, "steps of random actions before any update", min=0)
+    batch_size: int = option(128, "transitions per update", min=1)
+    policy_delay: int = option(
+        2, "critic updates per actor (and objective) update, as in TD3", min=1
     )
-    exploration: float = _opt(0.1, "action noise, as a fraction of the action range")
-    hidden: str = _opt("64,64", "actor and critic hidden widths, comma separated")
-    objective_hidden: str = _opt("32,32", "learned objective hidden widths")
-    buffer_size: int = _opt(100_000, "transitions kept per agent")
-    checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
-    log_every: int = _opt(500, "steps between log lines")
+    actor_lr: float = option(1e-3, "actor's Adam step size", above=0)
+    critic_lr: float = option(1e-3, "critics' Adam step size", above=0)
+    objective_lr: float = option(1e-3, "learned objective's Adam step size", above=0)
+    meta_step_size: float = option(
+        1e-2, "η of the differentiated actor step θ' = θ − η g/‖g‖, g = ∇L_α", min=0
+    )
+    exploration: float = option(0.1, "action noise, as a fraction of the action range", min=0)
+    hidden: str = option("64,64", "actor and critic hidden widths, comma separated", widths=True)
+    objective_hidden: str = option("32,32", "learned objective hidden widths", widths=True)
+    buffer_size: int = option(100_000, "transitions kept per agent", min=1)
+    checkpoint_every: float = option(30.0, "seconds between checkpoints", min=0)
+    log_every: int = option(500, "steps between log lines", min=1)
 
     def __post_init__(self):
+        check_config(self)
         names = self.env_names
         if not names or any(n not in ENVS for n in names):
-            raise ValueError(f"envs must be a comma-separated list from {ENVS}, got {self.envs!r}")
-        for name in ("agents_per_env", "steps", "batch_size", "policy_delay", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+            raise ValueError(
+                f"envs (--envs) must be a comma-separated list from {', '.join(ENVS)}; "
+                f"got {self.envs!r}"
+            )
 
     @property
     def env_names(self) -> list[str]:
@@ -502,7 +501,7 @@ class MetaGenRLConfig:
 
     @staticmethod
     def widths(text: str) -> tuple[int, ...]:
-        return tuple(int(h) for h in str(text).split(",") if h.strip())
+        return parse_widths(text)
 
 
 class MetaGenRLLearner:

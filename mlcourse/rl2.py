@@ -20,10 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlcourse.envs import BernoulliBanditVectorEnv, TabularMDPVectorEnv
+from mlcourse.options import check_config, option
 from mlcourse.rl.bandits import mean_and_stderr
 from mlcourse.rl.ppo import ppo_clip_loss
 from mlcourse.rl.returns import gae
 from mlcourse.training import (
+    TrainingDiverged,
     export_policy,
     make_adam,
     read_shipped_policy,
@@ -36,77 +38,59 @@ VALUE_SCALE_RATE = 0.1  # how fast the value head's scale follows the spread of 
 EVAL_SEED = 20_161_109  # held-out tasks: a generator no training run uses
 
 
-def _opt(default, text):
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class RL2Config:
     """Hyperparameters of an RL² run (each is a ``mlcourse train`` option)."""
 
-    task: str = _opt("bandit", f"task family: one of {', '.join(TASKS)}")
-    seed: int = _opt(0, "seed of the initialisation, the tasks and the action sampling")
-    steps: int = _opt(2000, "PPO iterations (each: collect a batch of trials, then update)")
-    num_arms: int = _opt(5, "bandit: arms (k)")
-    num_pulls: int = _opt(10, "bandit: pulls per trial (n)")
-    num_states: int = _opt(10, "MDP: states")
-    num_actions: int = _opt(5, "MDP: actions")
-    episode_length: int = _opt(10, "MDP: steps per episode")
-    num_episodes: int = _opt(10, "MDP: episodes per trial (n)")
-    trials_per_step: int = _opt(256, "trials collected in parallel per PPO iteration")
-    hidden_size: int = _opt(256, "GRU units")
-    lr: float = _opt(1e-3, "Adam step size")
-    gamma: float = _opt(0.99, "discount factor")
-    lam: float = _opt(0.3, "GAE λ")
-    clip: float = _opt(0.2, "PPO clipping ε")
-    epochs: int = _opt(4, "PPO epochs per batch")
-    minibatches: int = _opt(4, "minibatches (of whole trials) per epoch")
-    entropy_coef: float = _opt(0.01, "entropy bonus at the start")
-    entropy_decay_steps: int = _opt(2000, "iterations over which the bonus decays linearly to 0")
-    anneal_lr: bool = _opt(False, "also decay the step size linearly to a tenth over them")
-    value_coef: float = _opt(0.5, "weight of the value loss")
-    max_grad_norm: float = _opt(1.0, "gradient clipping (global norm)")
-    expected_rewards: bool = _opt(
+    task: str = option("bandit", f"task family: one of {', '.join(TASKS)}", choices=TASKS)
+    seed: int = option(0, "seed of the initialisation, the tasks and the action sampling")
+    steps: int = option(
+        2000, "PPO iterations (each: collect a batch of trials, then update)", min=1
+    )
+    num_arms: int = option(5, "bandit: arms (k)", min=1)
+    num_pulls: int = option(10, "bandit: pulls per trial (n)", min=1)
+    num_states: int = option(10, "MDP: states", min=1)
+    num_actions: int = option(5, "MDP: actions", min=1)
+    episode_length: int = option(10, "MDP: steps per episode", min=1)
+    num_episodes: int = option(10, "MDP: episodes per trial (n)", min=1)
+    trials_per_step: int = option(256, "trials collected in parallel per PPO iteration", min=1)
+    hidden_size: int = option(256, "GRU units", min=1)
+    lr: float = option(1e-3, "Adam step size", above=0)
+    gamma: float = option(0.99, "discount factor", min=0, max=1)
+    lam: float = option(0.3, "GAE λ", min=0, max=1)
+    clip: float = option(0.2, "PPO clipping ε", above=0)
+    epochs: int = option(4, "PPO epochs per batch", min=1)
+    minibatches: int = option(4, "minibatches (of whole trials) per epoch", min=1)
+    entropy_coef: float = option(0.01, "entropy bonus at the start", min=0)
+    entropy_decay_steps: int = option(
+        2000, "iterations over which the bonus decays linearly to 0", min=1
+    )
+    anneal_lr: bool = option(False, "also decay the step size linearly to a tenth over them")
+    value_coef: float = option(0.5, "weight of the value loss", min=0)
+    max_grad_norm: float = option(1.0, "gradient clipping (global norm)", above=0)
+    expected_rewards: bool = option(
         False,
         "advantages and value targets use each step's expected reward (the pulled arm's "
         "probability, the MDP's reward mean: known to the trainer, never shown to the agent) "
         "instead of the sampled one: the same objective in expectation, with less variance",
     )
-    privileged_critic: bool = _opt(
+    privileged_critic: bool = option(
         False,
         "the value head also reads the task (arm probabilities, or reward means and "
         "transitions) and the fraction of the trial played; it is used in training only, so "
         "the agent (GRU and policy head) reads what it always reads",
     )
-    bf16: bool = _opt(
+    bf16: bool = option(
         False,
         "run the GRU in bfloat16 (autocast) for rollouts and updates; weights, optimizer and "
         "losses stay float32 (faster where the hardware has bfloat16 arithmetic, e.g. CPUs "
         "with AVX-512 BF16: `mlcourse bench rl2-bf16` measures it)",
     )
-    checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
-    log_every: int = _opt(10, "iterations between log lines")
+    checkpoint_every: float = option(30.0, "seconds between checkpoints", min=0)
+    log_every: int = option(10, "iterations between log lines", min=1)
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        for name in (
-            "steps",
-            "num_arms",
-            "num_pulls",
-            "num_states",
-            "num_actions",
-            "episode_length",
-            "num_episodes",
-            "trials_per_step",
-            "entropy_decay_steps",
-            "hidden_size",
-            "epochs",
-            "minibatches",
-            "log_every",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_config(self)
         if self.minibatches > self.trials_per_step:
             raise ValueError("minibatches cannot exceed trials_per_step")
 
@@ -604,7 +588,12 @@ class RL2Learner:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr(step)
         self.policy.eval()
-        trials = run_trials(self.policy, self.envs, generator=self.generator)
+        try:
+            trials = run_trials(self.policy, self.envs, generator=self.generator)
+        except RuntimeError as err:  # sampling from NaN probabilities, after a bad update
+            if all(bool(torch.isfinite(p).all()) for p in self.policy.parameters()):
+                raise
+            raise TrainingDiverged("the policy's parameters are not finite") from err
         self.policy.train()
         stats = ppo_update(
             self.policy,
@@ -614,6 +603,8 @@ class RL2Learner:
             entropy_coef=self.entropy_coef(step),
             generator=self.generator,
         )
+        if not math.isfinite(stats["loss"]):
+            raise TrainingDiverged("the PPO loss is not finite")
         self._returns.append(trials.returns.mean().item())
         self.last_stats = stats
         return torch.tensor(stats["loss"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from torch.func import functional_call, vmap
 from mlcourse.maml import _adapt, compile_meta_loss, meta_loss, params_of
 from mlcourse.metasgd import init_inner_lrs
 from mlcourse.models import MLP
+from mlcourse.options import check_config, option, parse_widths
 from mlcourse.reptile import reptile_step
 from mlcourse.tasks import Sinusoid
 from mlcourse.training import make_adam, restore_generator
@@ -29,38 +30,34 @@ EVAL_SEED = 20_170_703  # held-out tasks: a generator no training run uses
 EVAL_QUERY_POINTS = 100
 
 
-def _opt(default, text):
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class SineConfig:
     """Hyperparameters of a sinusoid experiment (each is a ``mlcourse train`` option)."""
 
-    algorithm: str = _opt("maml", f"one of {', '.join(ALGORITHMS)}")
-    seed: int = _opt(0, "seed of the initialisation and of the training tasks")
-    steps: int = _opt(70_000, "meta-training iterations")
-    meta_batch_size: int = _opt(25, "tasks per meta-iteration")
-    k_support: int = _opt(10, "support points per training task (K)")
-    k_query: int = _opt(10, "query points per training task")
-    inner_lr: float = _opt(0.01, "inner-loop SGD step size (Meta-SGD: only for evaluation)")
-    num_inner_steps: int = _opt(1, "inner-loop steps during meta-training")
-    meta_lr: float = _opt(1e-3, "Adam step size of the outer loop (Reptile: interpolation ε)")
-    hidden: str = _opt("40,40", "hidden layer widths, comma separated")
-    compile: bool = _opt(
+    algorithm: str = option("maml", f"one of {', '.join(ALGORITHMS)}", choices=ALGORITHMS)
+    seed: int = option(0, "seed of the initialisation and of the training tasks")
+    steps: int = option(70_000, "meta-training iterations", min=1)
+    meta_batch_size: int = option(25, "tasks per meta-iteration", min=1)
+    k_support: int = option(10, "support points per training task (K)", min=1)
+    k_query: int = option(10, "query points per training task", min=1)
+    inner_lr: float = option(
+        0.01, "inner-loop SGD step size (Meta-SGD: only for evaluation)", min=0
+    )
+    num_inner_steps: int = option(1, "inner-loop steps during meta-training", min=1)
+    meta_lr: float = option(
+        1e-3, "Adam step size of the outer loop (Reptile: interpolation ε)", above=0
+    )
+    hidden: str = option("40,40", "hidden layer widths, comma separated", widths=True)
+    compile: bool = option(
         False,
         "MAML, first-order MAML, Meta-SGD: torch.compile the meta-loss (its pure torch.func"
         " form, checked against eager on the first batch; eager is used if they differ)",
     )
-    checkpoint_every: float = _opt(30.0, "seconds between checkpoints")
-    log_every: int = _opt(100, "steps between log lines")
+    checkpoint_every: float = option(30.0, "seconds between checkpoints", min=0)
+    log_every: int = option(100, "steps between log lines", min=1)
 
     def __post_init__(self):
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        for name in ("steps", "meta_batch_size", "k_support", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_config(self)
         if self.compile and self.algorithm in ("reptile", "pretrain"):
             raise ValueError(
                 f"compile is for MAML, first-order MAML and Meta-SGD; {self.algorithm} has no "
@@ -69,7 +66,7 @@ class SineConfig:
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
-        return tuple(int(h) for h in str(self.hidden).split(",") if h.strip())
+        return parse_widths(self.hidden)
 
 
 EXPERIMENTS: dict[str, dict] = {

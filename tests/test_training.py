@@ -85,12 +85,27 @@ def test_nan_is_caught_and_the_good_checkpoint_kept(tmp_path):
     assert all(torch.isfinite(t).all() for t in state["learner"]["model"].values())
 
 
-def test_nan_before_any_checkpoint(tmp_path):
-    with pytest.raises(TrainingDiverged, match="no checkpoint was written"):
+def test_nan_after_the_first_checkpoint_keeps_it(tmp_path):
+    """The first step is saved at once: a divergence a few steps in keeps it."""
+    with pytest.raises(TrainingDiverged, match=r"at step 5:.*last good checkpoint is kept"):
         experiments.run_training(
             "maml-sine",
             tmp_path,
             overrides={**SMALL, "steps": 50, "inner_lr": 1e6},
+            device="cpu",
+            progress=False,
+        )
+    state = _state(tmp_path)
+    assert state["step"] == 1
+    assert all(torch.isfinite(t).all() for t in state["learner"]["model"].values())
+
+
+def test_nan_at_the_first_step_writes_no_checkpoint(tmp_path):
+    with pytest.raises(TrainingDiverged, match="at step 1:.*no checkpoint was written"):
+        experiments.run_training(
+            "maml-sine",
+            tmp_path,
+            overrides={**SMALL, "steps": 50, "meta_lr": 1e30, "inner_lr": 1e30},
             device="cpu",
             progress=False,
         )

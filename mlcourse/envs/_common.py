@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -15,6 +17,26 @@ def seeded_generator(device: torch.device, seed: int | None) -> torch.Generator:
     else:
         generator.manual_seed(int(seed))
     return generator
+
+
+def positive_sizes(**sizes) -> tuple[int, ...]:
+    """Each size as a Python ``int``, in the order given: any integral number of at least 1
+    (an ``int``, a NumPy integer such as ``np.int64(3)``, a 0-d integer tensor); anything else
+    raises a ValueError naming it.
+
+    >>> positive_sizes(num_arms=np.int64(3), num_pulls=10)
+    (3, 10)
+    """
+    out = []
+    for name, value in sizes.items():
+        try:
+            size = None if isinstance(value, bool) else operator.index(value)
+        except TypeError:
+            size = None
+        if size is None or size < 1:
+            raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        out.append(size)
+    return tuple(out)
 
 
 def as_actions(actions, num_envs: int, num_actions: int, device: torch.device) -> Tensor:

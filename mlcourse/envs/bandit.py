@@ -22,14 +22,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
-from mlcourse.envs._common import as_actions, seeded_generator
-
-
-def _check_sizes(num_arms: int, num_pulls: int) -> None:
-    if not isinstance(num_arms, int) or num_arms < 1:
-        raise ValueError(f"num_arms must be a positive int, got {num_arms!r}")
-    if not isinstance(num_pulls, int) or num_pulls < 1:
-        raise ValueError(f"num_pulls must be a positive int, got {num_pulls!r}")
+from mlcourse.envs._common import as_actions, positive_sizes, seeded_generator
 
 
 def _check_probs(probs, shape: tuple[int, ...]) -> None:
@@ -79,7 +72,7 @@ class BernoulliBanditEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, num_arms: int = 5, num_pulls: int = 10):
-        _check_sizes(num_arms, num_pulls)
+        num_arms, num_pulls = positive_sizes(num_arms=num_arms, num_pulls=num_pulls)
         self.num_arms, self.num_pulls = num_arms, num_pulls
         self.observation_space = spaces.Discrete(1)
         self.action_space = spaces.Discrete(num_arms)
@@ -145,9 +138,9 @@ class BernoulliBanditVectorEnv(VectorEnv):
         num_pulls: int = 10,
         device: torch.device | str | None = None,
     ):
-        _check_sizes(num_arms, num_pulls)
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        num_envs, num_arms, num_pulls = positive_sizes(
+            num_envs=num_envs, num_arms=num_arms, num_pulls=num_pulls
+        )
         self.num_envs, self.num_arms, self.num_pulls = num_envs, num_arms, num_pulls
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.single_observation_space = spaces.Discrete(1)

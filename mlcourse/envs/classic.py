@@ -23,7 +23,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
-from mlcourse.envs._common import as_continuous_actions, seeded_generator
+from mlcourse.envs._common import as_continuous_actions, positive_sizes, seeded_generator
 
 
 def angle_normalize(x: Tensor) -> Tensor:
@@ -53,10 +53,7 @@ class _ClassicVectorEnv(VectorEnv):
     state_size = 2
 
     def __init__(self, num_envs: int, max_steps: int, device, dtype):
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        if not isinstance(max_steps, int) or max_steps < 1:
-            raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+        num_envs, max_steps = positive_sizes(num_envs=num_envs, max_steps=max_steps)
         self.num_envs, self.max_steps = num_envs, max_steps
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype

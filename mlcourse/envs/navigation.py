@@ -23,7 +23,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
-from mlcourse.envs._common import as_continuous_actions, seeded_generator
+from mlcourse.envs._common import as_continuous_actions, positive_sizes, seeded_generator
 
 GOAL_LOW, GOAL_HIGH = -0.5, 0.5
 MAX_SPEED = 0.1
@@ -76,8 +76,7 @@ class Navigation2DEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, max_steps: int = MAX_STEPS):
-        if not isinstance(max_steps, int) or max_steps < 1:
-            raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+        (max_steps,) = positive_sizes(max_steps=max_steps)
         self.max_steps = max_steps
         self.observation_space, self.action_space = _spaces(max_steps)
         self._goal: np.ndarray | None = None
@@ -135,10 +134,7 @@ class Navigation2DVectorEnv(VectorEnv):
     def __init__(
         self, num_envs: int, max_steps: int = MAX_STEPS, device: torch.device | str | None = None
     ):
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        if not isinstance(max_steps, int) or max_steps < 1:
-            raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+        num_envs, max_steps = positive_sizes(num_envs=num_envs, max_steps=max_steps)
         self.num_envs, self.max_steps = num_envs, max_steps
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.single_observation_space, self.single_action_space = _spaces(max_steps)

@@ -22,16 +22,10 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
-from mlcourse.envs._common import as_actions, seeded_generator
+from mlcourse.envs._common import as_actions, positive_sizes, seeded_generator
 
 REWARD_MEAN_PRIOR = (1.0, 1.0)  # mean and standard deviation of the Normal over reward means
 REWARD_NOISE = 1.0  # standard deviation of each reward around its mean
-
-
-def _check_sizes(**sizes: int) -> None:
-    for name, value in sizes.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _check_mdp(reward_means, transitions, shape: tuple[int, ...]) -> None:
@@ -100,7 +94,7 @@ class TabularMDPEnv(gym.Env):
         episode_length: int = 10,
         num_episodes: int = 10,
     ):
-        _check_sizes(
+        num_states, num_actions, episode_length, num_episodes = positive_sizes(
             num_states=num_states,
             num_actions=num_actions,
             episode_length=episode_length,
@@ -183,7 +177,7 @@ class TabularMDPVectorEnv(VectorEnv):
         num_episodes: int = 10,
         device: torch.device | str | None = None,
     ):
-        _check_sizes(
+        num_envs, num_states, num_actions, episode_length, num_episodes = positive_sizes(
             num_envs=num_envs,
             num_states=num_states,
             num_actions=num_actions,
