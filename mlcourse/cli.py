@@ -24,6 +24,14 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and a pointer to ``--help``, not the whole
+    usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n")
+
+
 def _emit(result: dict, as_json: bool, text: str | None = None) -> None:
     if as_json:
         print(json.dumps(result))
@@ -45,7 +53,7 @@ def _experiment_name(rest: list[str]) -> str | None:
 def _experiment_parser(command: str, rest: list[str]):
     from mlcourse import experiments
 
-    parser = argparse.ArgumentParser(prog=f"mlcourse {command}", description=COMMANDS[command])
+    parser = _Parser(prog=f"mlcourse {command}", description=COMMANDS[command])
     lines = [f"  {n:<19}{e.description}" for n, e in experiments.EXPERIMENTS.items()]
     parser.epilog = "experiments:\n" + "\n".join(lines)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -147,7 +155,7 @@ def cmd_eval(rest: list[str]) -> int:
 def cmd_bench(rest: list[str]) -> int:
     from mlcourse import bench
 
-    parser = argparse.ArgumentParser(prog="mlcourse bench", description=COMMANDS["bench"])
+    parser = _Parser(prog="mlcourse bench", description=COMMANDS["bench"])
     parser.add_argument(
         "name",
         choices=sorted(bench.BENCHMARKS),
@@ -181,7 +189,7 @@ def cmd_bench(rest: list[str]) -> int:
 
 
 def cmd_baselines(rest: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mlcourse baselines", description=COMMANDS["baselines"])
+    parser = _Parser(prog="mlcourse baselines", description=COMMANDS["baselines"])
     sub = parser.add_subparsers(dest="family", required=True, metavar="bandit|mdp")
     bandit = sub.add_parser("bandit", help="Bernoulli bandits with arms U[0, 1]")
     bandit.add_argument("--arms", type=positive_int, default=5, help="k (default: 5)")
@@ -251,7 +259,7 @@ def cmd_baselines(rest: list[str]) -> int:
 def cmd_doctor(rest: list[str]) -> int:
     from mlcourse import doctor
 
-    parser = argparse.ArgumentParser(prog="mlcourse doctor", description=COMMANDS["doctor"])
+    parser = _Parser(prog="mlcourse doctor", description=COMMANDS["doctor"])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(rest)
     rep = doctor.report()
@@ -262,7 +270,7 @@ def cmd_doctor(rest: list[str]) -> int:
 def cmd_release(rest: list[str]) -> int:
     from mlcourse import release
 
-    parser = argparse.ArgumentParser(prog="mlcourse release", description=COMMANDS["release"])
+    parser = _Parser(prog="mlcourse release", description=COMMANDS["release"])
     parser.add_argument(
         "--check", action="store_true", help="write nothing; fail when a file is out of date"
     )
@@ -286,7 +294,7 @@ def cmd_release(rest: list[str]) -> int:
 def cmd_grade(rest: list[str]) -> int:
     from mlcourse import grading
 
-    parser = argparse.ArgumentParser(prog="mlcourse grade", description=COMMANDS["grade"])
+    parser = _Parser(prog="mlcourse grade", description=COMMANDS["grade"])
     parser.add_argument(
         "paths", nargs="+", metavar="PATH", help="submitted notebooks, or folders of them"
     )

@@ -282,7 +282,11 @@ class _StopOnSignal:
 
 
 def _lr_flags(config) -> str:
-    names = [f.name for f in dataclasses.fields(config) if f.name.endswith("lr")]
+    names = [
+        f.name
+        for f in dataclasses.fields(config)
+        if isinstance(f.default, float) and (f.name == "lr" or f.name.endswith("_lr"))
+    ]
     return ", ".join(flag(n) for n in sorted(names)) or "the step sizes"
 
 

@@ -16,6 +16,7 @@ from mlcourse.envs import (
     TabularMDPEnv,
     TabularMDPVectorEnv,
 )
+from mlcourse.envs.classic import MountainCarContinuousVectorEnv, PendulumVectorEnv
 
 
 @pytest.mark.parametrize("env_id", sorted(mlcourse.envs.ENV_IDS))
@@ -29,6 +30,34 @@ def test_make_passes_the_sizes():
     env = gym.make("mlcourse/TabularMDP-v0", num_states=4, num_actions=3, num_episodes=2)
     assert env.observation_space == gym.spaces.Discrete(4)
     assert env.action_space == gym.spaces.Discrete(3)
+
+
+SIZED = {
+    BernoulliBanditEnv: {"num_arms": 3, "num_pulls": 4},
+    BernoulliBanditVectorEnv: {"num_envs": 2, "num_arms": 3, "num_pulls": 4},
+    TabularMDPEnv: {"num_states": 3, "num_actions": 2, "episode_length": 4, "num_episodes": 2},
+    TabularMDPVectorEnv: {"num_envs": 2, "num_states": 3, "num_actions": 2, "num_episodes": 2},
+    Navigation2DEnv: {"max_steps": 5},
+    Navigation2DVectorEnv: {"num_envs": 2, "max_steps": 5},
+    PendulumVectorEnv: {"num_envs": 2, "max_steps": 5},
+    MountainCarContinuousVectorEnv: {"num_envs": 2, "max_steps": 5},
+}
+
+
+@pytest.mark.parametrize("cls", list(SIZED), ids=lambda c: c.__name__)
+def test_sizes_may_be_any_integral_number(cls):
+    """NumPy integers (what ``np.arange`` or a config array hands out) and 0-d integer tensors
+    work like ints and are stored as ints; floats, bools and sizes below 1 are refused."""
+    sizes = SIZED[cls]
+    for convert in (np.int64, np.int32, torch.tensor):
+        env = cls(**{k: convert(v) for k, v in sizes.items()})
+        for k, v in sizes.items():
+            assert type(getattr(env, k)) is int and getattr(env, k) == v, k
+        env.reset(seed=0)
+    name = next(iter(sizes))
+    for bad in (2.0, True, 0, np.int64(-1), "3"):
+        with pytest.raises(ValueError, match=f"{name} must be a whole number of at least 1"):
+            cls(**{**sizes, name: bad})
 
 
 # ---------------------------------------------------------------------------------------------
