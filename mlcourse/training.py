@@ -5,8 +5,10 @@ An experiment provides a *learner*: an object with ``step(step_index) -> loss te
 ``metrics() -> dict`` of figures added to each log line (e.g. RL²'s mean trial return) and
 ``load_weights(state, source)`` to start from another run's weights (``init_from``).
 :func:`train` runs it for ``config.steps`` steps or until a time budget runs out, saving a
-checkpoint every ``checkpoint_every`` seconds, so an interrupted run (a Colab disconnect,
-Ctrl-C) loses at most that much and continues with ``resume=True`` exactly where it stopped.
+checkpoint after the first step, every ``checkpoint_every`` seconds and when interrupted, so a
+stopped run (a Colab disconnect, Ctrl-C, ``kill -9``) loses at most that much and continues with
+``resume=True`` exactly where it stopped. Checkpoints are loaded with ``weights_only=True``:
+tensors and plain values, never pickled code.
 """
 
 from __future__ import annotations

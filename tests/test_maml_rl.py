@@ -216,7 +216,7 @@ def test_new_runs_act_in_units_of_the_action_range_and_old_runs_load_unchanged(t
     learner, _ = load_learner("fomaml-rl-nav", tmp_path / "run", "cpu")
     assert learner.config.action_scale == 0.1
     path = tmp_path / "run" / "checkpoint.pt"
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     del state["config"]["action_scale"]  # a run saved before the option existed
     torch.save(state, path)
     learner, _ = load_learner("fomaml-rl-nav", tmp_path / "run", "cpu")

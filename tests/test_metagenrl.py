@@ -221,8 +221,8 @@ def test_export_and_the_shipped_objectives(tmp_path):
         "metagenrl", tmp_path / "run", overrides=SMALL, device="cpu", progress=False
     )
     info = metagenrl.export_pretrained(tmp_path / "run", tmp_path / "objective.pt", note="test")
-    saved = torch.load(tmp_path / "objective.pt", weights_only=False)
-    run = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    saved = torch.load(tmp_path / "objective.pt", weights_only=True)
+    run = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert info["steps"] == SMALL["steps"] and "agents" not in saved["policy"]
     for key, value in run["learner"]["objective"].items():
         assert torch.equal(saved["policy"][key], value), key

@@ -458,7 +458,7 @@ def test_init_from_a_shipped_agent_into_a_privileged_critic_run(tmp_path):
     for name in ("gru.weight_hh_l0", "policy_head.weight", "value_scale"):
         assert torch.equal(fresh.policy.state_dict()[name], policy.state_dict()[name]), name
     rl2.export_pretrained(tmp_path / "ft", tmp_path / "agent.pt")
-    saved = torch.load(tmp_path / "agent.pt", weights_only=False)
+    saved = torch.load(tmp_path / "agent.pt", weights_only=True)
     config = rl2.RL2Config(**saved["config"])
     loaded = rl2.RL2Policy(
         config.obs_size, config.action_size, config.hidden_size, config.task_size
@@ -526,7 +526,7 @@ def test_export_and_the_shipped_agents(tmp_path):
     small.pop("task")
     run_training("rl2-bandit", tmp_path / "run", overrides=small, progress=False)
     info = rl2.export_pretrained(tmp_path / "run", tmp_path / "agent.pt", note="test")
-    saved = torch.load(tmp_path / "agent.pt", weights_only=False)
+    saved = torch.load(tmp_path / "agent.pt", weights_only=True)
     assert info["steps"] == 2 and saved["config"]["num_arms"] == 3 and "policy" in saved
     assert "rl2-bandit-k5-n10" in rl2.available_pretrained()
     for name in rl2.available_pretrained():
