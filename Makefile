@@ -9,7 +9,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: lab test install lint format bench clean browser
+.PHONY: lab test test-full timings install lint format bench clean browser
 
 install: $(STAMP)
 
@@ -27,6 +27,14 @@ test: $(STAMP) browser
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 	MLCOURSE_FAST=1 $(BIN)/python -m pytest --nbval-lax --nbval-current-env notebooks/
+
+# Every lesson and solution top to bottom in full mode, as a learner runs them (about 25 min).
+test-full: $(STAMP)
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/ solutions/
+
+# Each lesson's stated runtime (full and fast) against a fresh measurement; run it idle.
+timings: $(STAMP)
+	$(BIN)/python -m mlcourse.course timings
 
 # The browser test drives Debian's Chromium (Playwright's own browser download is not used).
 browser: $(CHROMIUM)

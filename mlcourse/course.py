@@ -30,3 +30,13 @@ def budget(full, fast):
         True
     """
     return fast if fast_mode() else full
+
+
+if __name__ == "__main__":  # python -m mlcourse.course timings [...]
+    import sys
+
+    if sys.argv[1:2] != ["timings"]:
+        sys.exit("usage: python -m mlcourse.course timings [NOTEBOOK...] [--mode full|fast|both]")
+    from mlcourse.timings import main
+
+    sys.exit(main(sys.argv[2:]))
