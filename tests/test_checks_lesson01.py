@@ -128,6 +128,46 @@ def obj_abs_error(model, params, tasks, adapt_fn):
     return torch.stack(losses).mean()
 
 
+def obj_chained(model, params, tasks, adapt_fn):
+    """Forgets to start each task from params: task i adapts from task i - 1's result."""
+    losses, start = [], params
+    for i in range(tasks.num_tasks):
+        start = adapt_fn(start, tasks.x_support[i], tasks.y_support[i])
+        losses.append(_query_loss(model, start, tasks, i))
+    return torch.stack(losses).mean()
+
+
+def obj_skips_last_task(model, params, tasks, adapt_fn):
+    losses = []
+    for i in range(tasks.num_tasks - 1):
+        adapted = adapt_fn(params, tasks.x_support[i], tasks.y_support[i])
+        losses.append(_query_loss(model, adapted, tasks, i))
+    return torch.stack(losses).mean()
+
+
+def obj_adapts_once(model, params, tasks, adapt_fn):
+    """Adapts to the first task's support set only and scores every task with it."""
+    adapted = adapt_fn(params, tasks.x_support[0], tasks.y_support[0])
+    return torch.stack(
+        [_query_loss(model, adapted, tasks, i) for i in range(tasks.num_tasks)]
+    ).mean()
+
+
+def obj_model_params(model, params, tasks, adapt_fn):
+    """Adapts the model's own parameters instead of the params it is given."""
+    return objective_reference(model, dict(model.named_parameters()), tasks, adapt_fn)
+
+
+def obj_first_order(model, params, tasks, adapt_fn):
+    """Right value, but the adapted parameters' dependence on θ is cut to the identity."""
+
+    def straight_through(p, xs, ys):
+        adapted = adapt_fn(p, xs, ys)
+        return {n: p[n] + (v - p[n]).detach() for n, v in adapted.items()}
+
+    return objective_reference(model, params, tasks, straight_through)
+
+
 @pytest.mark.parametrize("answer", [objective_reference, objective_vmap, obj_pooled_mse])
 def test_meta_objective_accepts_right_answers(answer):
     result = lesson01.meta_objective(answer)
@@ -148,14 +188,19 @@ WRONG_OBJECTIVES = {
     obj_joint: "never called",
     obj_float32: "dtype",
     obj_abs_error: "differs from the reference",
+    obj_chained: "previous task's adapted parameters",
+    obj_skips_last_task: "every task but the last",
+    obj_adapts_once: "adapted to the first task",
+    obj_model_params: "model's own parameters",
+    obj_first_order: "first-order",
 }
 
 
 @pytest.mark.parametrize("answer", list(WRONG_OBJECTIVES), ids=lambda f: f.__name__)
 def test_meta_objective_rejects_known_wrong_answers(answer):
     result = lesson01.meta_objective(answer)
-    assert not result.passed
-    assert WRONG_OBJECTIVES[answer] in result.message + (result.hint or "")
+    assert not result.passed and result.hint, str(result)
+    assert WRONG_OBJECTIVES[answer] in result.message + (result.hint or ""), str(result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,9 +243,40 @@ def train_joint(model, num_steps, generator):
 
 
 def train_diverges(model, num_steps, generator):
-    with torch.no_grad():
-        for p in model.parameters():
-            p.fill_(float("nan"))
+    """The right loop with an outer step size far too large."""
+    params = params_of(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e6)
+    for _ in range(num_steps):
+        tasks = Sinusoid().sample(25, 10, 10, generator=generator)
+        loss = meta_loss(model, params, tasks, loss_fn=F.mse_loss, inner_lr=0.01)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def train_one_extra_step(model, num_steps, generator):
+    train_reference(model, num_steps + 1, generator)
+
+
+def train_one_step_short(model, num_steps, generator):
+    train_reference(model, max(num_steps - 1, 0), generator)
+
+
+def train_hard_coded_steps(model, num_steps, generator):
+    """Ignores num_steps (here with a count small enough for a quick test)."""
+    train_reference(model, 3, generator)
+
+
+def train_global_rng(model, num_steps, generator):
+    """Draws the tasks from torch's global generator: not reproducible from `generator`."""
+    params = params_of(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(num_steps):
+        tasks = Sinusoid().sample(25, 10, 10)
+        loss = meta_loss(model, params, tasks, loss_fn=F.mse_loss, inner_lr=0.01)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
 
 def test_meta_train_rejects_a_stub():
@@ -215,14 +291,31 @@ def test_meta_train_rejects_no_training_and_a_copy():
 
 
 def test_meta_train_rejects_nan():
-    result = lesson01.meta_train(train_diverges)
+    result = lesson01.meta_train(train_diverges, num_steps=20)
     assert not result.passed and "NaN" in result.message
 
 
 def test_meta_train_rejects_too_few_steps_of_the_right_loop():
     """The threshold is not reached by accident: 20 steps of the reference stay above it."""
-    result = lesson01.meta_train(lambda m, n, g: train_reference(m, 20, g))
+    result = lesson01.meta_train(lambda m, n, g: train_reference(m, min(n, 20), g))
     assert not result.passed and "must be below" in result.message
+
+
+@pytest.mark.parametrize(
+    "answer, words",
+    [
+        (train_one_extra_step, "num_steps = 0"),
+        (train_hard_coded_steps, "num_steps = 0"),
+        (train_one_step_short, "num_steps = 1"),
+        (train_global_rng, "generator"),
+    ],
+    ids=lambda a: getattr(a, "__name__", ""),
+)
+def test_meta_train_rejects_loops_that_ignore_their_arguments(answer, words):
+    """Caught by the short calls with 0 and 1 steps, before any long training."""
+    result = lesson01.meta_train(answer)
+    assert not result.passed and result.hint, str(result)
+    assert words in result.message, str(result)
 
 
 @pytest.mark.slow

@@ -89,6 +89,32 @@ def inner_stub(model, params, x_support, y_support, inner_lr):
     raise NotImplementedError()
 
 
+def inner_model_gradient(model, params, x_support, y_support, inner_lr):
+    """Differentiates the model's own parameters (`model(x)`), whatever `params` holds: right
+    only when params are the model's own, as in the first inner step."""
+    loss = F.mse_loss(model(x_support), y_support)
+    grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+    return {n: p - inner_lr * g for (n, p), g in zip(params.items(), grads, strict=True)}
+
+
+def inner_from_model(model, params, x_support, y_support, inner_lr):
+    """Steps from the model's own parameters with the gradient taken at `params`."""
+    step = sgd_step(model, params, x_support, y_support, inner_lr)
+    own = dict(model.named_parameters())
+    return {n: own[n] + (step[n] - params[n]) for n in params}
+
+
+def inner_detached_start(model, params, x_support, y_support, inner_lr):
+    names = list(params)
+    loss = F.mse_loss(functional_call(model, params, (x_support,)), y_support)
+    grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=True)
+    return {n: params[n].detach() - inner_lr * g for n, g in zip(names, grads, strict=True)}
+
+
+def inner_hard_coded_lr(model, params, x_support, y_support, inner_lr):
+    return sgd_step(model, params, x_support, y_support, 0.05)
+
+
 # ---------------------------------------------------------------------------------------------
 # (b) maml_meta_loss
 
@@ -158,6 +184,30 @@ def meta_item(model, params, tasks, inner_lr, num_inner_steps):
 
 def meta_per_task(model, params, tasks, inner_lr, num_inner_steps):
     return meta_loss_with(model, params, tasks, inner_lr, num_inner_steps, reduce=lambda t: t)
+
+
+def meta_no_reset(model, params, tasks, inner_lr, num_inner_steps):
+    """`fast = dict(params)` outside the loop over tasks: never reset."""
+    fast, losses = dict(params), []
+    for i in range(tasks.num_tasks):
+        for _ in range(num_inner_steps):
+            fast = sgd_step(model, fast, tasks.x_support[i], tasks.y_support[i], inner_lr)
+        losses.append(
+            F.mse_loss(functional_call(model, fast, (tasks.x_query[i],)), tasks.y_query[i])
+        )
+    return torch.stack(losses).mean()
+
+
+def meta_model_params(model, params, tasks, inner_lr, num_inner_steps):
+    return meta_ok(model, dict(model.named_parameters()), tasks, inner_lr, num_inner_steps)
+
+
+def meta_one_extra_step(model, params, tasks, inner_lr, num_inner_steps):
+    return meta_ok(model, params, tasks, inner_lr, num_inner_steps + 1)
+
+
+def meta_one_step_short(model, params, tasks, inner_lr, num_inner_steps):
+    return meta_ok(model, params, tasks, inner_lr, num_inner_steps - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +320,31 @@ def step_returns_none(model, meta_optimizer, tasks, inner_lr):
     step_ok(model, meta_optimizer, tasks, inner_lr)
 
 
+class _NoZeroGrad:
+    """Hands the step an optimizer whose zero_grad does nothing: the step as written, without
+    its zero_grad() call."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def zero_grad(self, set_to_none=True):
+        pass
+
+    def step(self):
+        self.optimizer.step()
+
+
+def step_no_zero_grad(model, meta_optimizer, tasks, inner_lr):
+    return step_ok(model, _NoZeroGrad(meta_optimizer), tasks, inner_lr)
+
+
+def step_zero_grad_after(model, meta_optimizer, tasks, inner_lr):
+    """Clears the gradients at the end, after the step: the first step still adds old ones."""
+    value = step_ok(model, _NoZeroGrad(meta_optimizer), tasks, inner_lr)
+    meta_optimizer.zero_grad()
+    return value
+
+
 WRONG_STEPS = {
     "naive (all bugs)": (naive_maml_step, "in-place update changed the model"),
     "state_dict in place": (step_in_place, "state_dict().copy()"),
@@ -315,6 +390,8 @@ WRONG_STEPS = {
     ),
     "never steps": (step_no_optimizer_step, "never called"),
     "returns None": (step_returns_none, "instead of the meta-loss"),
+    "no zero_grad": (step_no_zero_grad, "zero_grad() before the backward"),
+    "zero_grad after the step": (step_zero_grad_after, "never cleared"),
 }
 
 
@@ -364,6 +441,27 @@ def meta_test_flat(model, x_support, y_support, x_query, inner_lr, num_inner_ste
     return test_ok(model, x_support, y_support, x_query, inner_lr, num_inner_steps).squeeze(-1)
 
 
+def meta_test_one_step_short(model, x_support, y_support, x_query, inner_lr, num_inner_steps):
+    return test_ok(model, x_support, y_support, x_query, inner_lr, num_inner_steps - 1)
+
+
+def meta_test_restores_but_accumulates(
+    model, x_support, y_support, x_query, inner_lr, num_inner_steps
+):
+    """Adapts the model in place and restores it afterwards, but never clears `.grad`: the old
+    gradients and every earlier step's gradients add up."""
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=inner_lr)
+    for _ in range(num_inner_steps):
+        F.mse_loss(model(x_support), y_support).backward()
+        optimizer.step()
+    with torch.no_grad():
+        prediction = model(x_query)
+        for n, p in model.named_parameters():
+            p.copy_(saved[n])
+    return prediction
+
+
 # ---------------------------------------------------------------------------------------------
 # The tests
 
@@ -371,6 +469,7 @@ def meta_test_flat(model, x_support, y_support, x_query, inner_lr, num_inner_ste
 def assert_rejected(result, fragment: str) -> None:
     assert not result.passed, f"accepted a wrong answer: {result}"
     assert result.points == 0
+    assert result.hint or "hint" in fragment, f"no hint: {result}"
     assert fragment.lower() in (result.message + " " + (result.hint or "")).lower(), str(result)
 
 
@@ -401,6 +500,10 @@ def test_references_are_accepted():
         (inner_float32, "dtype"),
         (inner_mutates_dict, "changed the `params` dict"),
         (inner_stub, "not implemented yet"),
+        (inner_model_gradient, "gradient is taken at the model's own parameters"),
+        (inner_from_model, "starts from the model's own parameters"),
+        (inner_detached_start, "starts from detached parameters"),
+        (inner_hard_coded_lr, "step of size 0.05 in the right direction, but inner_lr = 0.02"),
     ],
 )
 def test_inner_update_rejects(fn, fragment):
@@ -418,6 +521,10 @@ def test_maml_meta_loss_rejects(kind):
         (meta_detached, "does not depend on θ"),
         (meta_item, "should return a tensor"),
         (meta_per_task, "shape"),
+        (meta_no_reset, "not reset between tasks"),
+        (meta_model_params, "model's own parameters"),
+        (meta_one_extra_step, "one inner step too many"),
+        (meta_one_step_short, "one inner step too few"),
     ],
 )
 def test_maml_meta_loss_rejects_other(fn, fragment):
@@ -438,6 +545,8 @@ def test_fixed_maml_step_rejects(kind):
         (meta_test_one_step, "num_inner_steps is ignored"),
         (meta_test_wrong_sign, "wrong sign"),
         (meta_test_flat, "shape"),
+        (meta_test_one_step_short, "one adaptation step too few"),
+        (meta_test_restores_but_accumulates, "old .grad values"),
     ],
 )
 def test_fixed_meta_test_rejects(fn, fragment):

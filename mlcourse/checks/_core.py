@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-RESULTS_ENV = "MLCOURSE_RESULTS"  # the grader points this at a JSON-lines file
+RESULTS_ENV = "MLCOURSE_RESULTS"  # tests may point this at a JSON-lines file of results
+CHECK_MIME = "application/vnd.mlcourse.check+json"  # how a displayed result reaches the grader
 NBGRADER_ENV = "NBGRADER_EXECUTION"  # set by nbgrader to "autograde" or "validate"
 REGISTRY: dict[str, dict] = {}  # check name -> {"lesson": ..., "points": ...}
 RESULTS: list[CheckResult] = []  # this kernel's results, in order
@@ -57,6 +58,15 @@ class CheckResult:
             f'<div style="border-left:4px solid {color};padding:4px 8px">'
             f"{mark} <b>{_escape(self.check)}</b>: {_escape(self.message)}{hint}</div>"
         )
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """Shown as HTML and text; the grader reads the JSON (``mlcourse grade`` counts it only
+        when its released check cell displayed it)."""
+        return {
+            "text/plain": str(self),
+            "text/html": self._repr_html_(),
+            CHECK_MIME: asdict(self),
+        }
 
     def __bool__(self) -> bool:
         return self.passed
@@ -150,3 +160,31 @@ def expect_tensor(
     worst = diff.max().item() if diff.numel() else 0.0
     if not torch.allclose(actual.detach(), expected.detach(), atol=atol, rtol=rtol):
         raise Fail(f"{what} differs from the reference by up to {worst:.3g}")
+
+
+def step_scale(new, old, direction, *, atol: float = 1e-9) -> float | None:
+    """The number ``c`` with ``new = old + c · direction``, when one ``c`` fits every entry.
+
+    ``new``, ``old`` and ``direction`` are tensors or dicts of tensors with the same names. The
+    checks use it to tell "a step of the wrong size" (an argument ignored, a hard-coded step
+    size) from other mistakes. Returns ``None`` when no single number fits, or when any value is
+    not a tensor of the right shape.
+    """
+    if isinstance(direction, torch.Tensor):
+        new, old, direction = {"": new}, {"": old}, {"": direction}
+    try:
+        pairs = [
+            ((new[n].detach() - old[n].detach()).double(), direction[n].detach().double())
+            for n in direction
+        ]
+    except (KeyError, TypeError, AttributeError, RuntimeError):
+        return None
+    if any(delta.shape != d.shape for delta, d in pairs):
+        return None
+    norm = sum((d * d).sum() for _, d in pairs)
+    if not norm > 0:
+        return None
+    c = (sum((delta * d).sum() for delta, d in pairs) / norm).item()
+    if all(torch.allclose(delta, c * d, atol=atol, rtol=1e-7) for delta, d in pairs):
+        return c
+    return None

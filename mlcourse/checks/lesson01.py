@@ -63,7 +63,7 @@ def meta_objective(fn) -> str:
             generator=torch.Generator().manual_seed(seed),
             dtype=torch.float64,
         )
-        params = params_of(model)
+        params = params_of(model) if seed == 0 else _moved_params(model, seed)
         adapt_fn = _CountingAdapt(model)
         got = fn(model, params, tasks, adapt_fn)
         expected = meta_loss_loop(
@@ -84,12 +84,31 @@ def meta_objective(fn) -> str:
             expected.dtype,
         ):
             _diagnose(got, expected, model, params, tasks, adapt_fn.calls)
-        expect_tensor(got, expected, "the meta-objective", atol=1e-10, rtol=1e-8)
-        _check_meta_gradient(got, expected, params)
+        try:
+            expect_tensor(got, expected, "the meta-objective", atol=1e-10, rtol=1e-8)
+        except Fail as fail:
+            fail.hint = fail.hint or (
+                "for every task i: adapted = adapt_fn(params, x_support[i], y_support[i]) from "
+                "`params` itself, then the MSE of functional_call(model, adapted, "
+                "(x_query[i],)) against y_query[i]; return the mean of the losses"
+            )
+            raise
+        _check_meta_gradient(got, expected, params, model, tasks)
     return (
         "the mean over tasks of the query MSE after adapting on each support set matches "
-        "mlcourse.maml.meta_loss_loop, and its gradient reaches θ"
+        "mlcourse.maml.meta_loss_loop in two batches (θ the model's own parameters, then "
+        "another parameter dict), and its second-order gradient reaches θ"
     )
+
+
+def _moved_params(model, seed: int) -> dict:
+    """Parameters that are not the model's own (as for any θ the outer loop hands over): the
+    model's, moved by a seeded random amount, as fresh leaves."""
+    gen = torch.Generator().manual_seed(100 + seed)
+    return {
+        n: (p.detach() + 0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype)).requires_grad_()
+        for n, p in params_of(model).items()
+    }
 
 
 class _CountingAdapt:
@@ -132,9 +151,38 @@ def _diagnose(got, expected, model, params, tasks, calls: int) -> None:
     fit_support = [adapt_on(S[0][i], S[1][i]) for i in range(n)]
     fit_query = [adapt_on(Q[0][i], Q[1][i]) for i in range(n)]
     query = torch.stack([mse(fit_support[i], Q, i) for i in range(n)])
+    chained, start = [], params
+    for i in range(n):
+        start = adapt(
+            model,
+            start,
+            S[0][i],
+            S[1][i],
+            loss_fn=F.mse_loss,
+            inner_lr=OBJECTIVE_INNER_LR,
+            num_inner_steps=OBJECTIVE_INNER_STEPS,
+        )
+        chained.append(mse(start, Q, i))
     wrong = [
         (query.sum(), "the sum over tasks", "average over tasks (mean), not sum"),
         (query[0], "the first task's loss only", "average the query loss over every task"),
+        (
+            query[:-1].mean(),
+            "the mean over every task but the last",
+            "loop over range(tasks.num_tasks): every task counts (an off-by-one?)",
+        ),
+        (
+            torch.stack(chained).mean(),
+            "the query loss with each task adapted from the previous task's adapted parameters",
+            "start every task from `params` itself: adapt_fn(params, ...), not from the "
+            "result of the previous task",
+        ),
+        (
+            torch.stack([mse(fit_support[0], Q, i) for i in range(n)]).mean(),
+            "the query loss of every task at the parameters adapted to the first task",
+            "adapt to each task on its own support set: adapt_fn(params, x_support[i], "
+            "y_support[i]) inside the loop",
+        ),
         (
             torch.stack([mse(fit_support[i], S, i) for i in range(n)]).mean(),
             "the support loss after adaptation",
@@ -152,6 +200,24 @@ def _diagnose(got, expected, model, params, tasks, calls: int) -> None:
             "score the parameters returned by adapt_fn, not params",
         ),
     ]
+    own = params_of(model)
+    if any(own[k] is not params[k] for k in params):
+        adapt_own = partial(
+            adapt,
+            model,
+            own,
+            loss_fn=F.mse_loss,
+            inner_lr=OBJECTIVE_INNER_LR,
+            num_inner_steps=OBJECTIVE_INNER_STEPS,
+        )
+        wrong.append(
+            (
+                torch.stack([mse(adapt_own(S[0][i], S[1][i]), Q, i) for i in range(n)]).mean(),
+                "the loss after adapting the model's own parameters, not `params`",
+                "adapt from the `params` you were given (the outer loop may hand you any θ): "
+                "adapt_fn(params, ...), never model.parameters() or params_of(model)",
+            )
+        )
     for value, what, hint in wrong:
         if torch.allclose(got.detach(), value.detach(), atol=1e-10, rtol=1e-8):
             raise Fail(f"your objective computes {what}", hint)
@@ -162,7 +228,7 @@ def _diagnose(got, expected, model, params, tasks, calls: int) -> None:
         )
 
 
-def _check_meta_gradient(got, expected, params) -> None:
+def _check_meta_gradient(got, expected, params, model, tasks) -> None:
     if not got.requires_grad:
         raise Fail(
             "the objective does not depend on θ: no gradient can flow back to params",
@@ -172,6 +238,26 @@ def _check_meta_gradient(got, expected, params) -> None:
     names = list(params)
     g_got = torch.autograd.grad(got, [params[n] for n in names], allow_unused=True)
     g_exp = torch.autograd.grad(expected, [params[n] for n in names])
+    first_order = meta_loss_loop(
+        model,
+        params,
+        tasks,
+        loss_fn=F.mse_loss,
+        inner_lr=OBJECTIVE_INNER_LR,
+        num_inner_steps=OBJECTIVE_INNER_STEPS,
+        first_order=True,
+    )
+    g_first = torch.autograd.grad(first_order, [params[n] for n in names])
+    if all(a is not None for a in g_got) and all(
+        torch.allclose(a, c, atol=1e-9, rtol=1e-7) and not torch.allclose(a, b, atol=1e-9)
+        for a, b, c in zip(g_got, g_exp, g_first, strict=True)
+    ):
+        raise Fail(
+            "the objective's gradient is the first-order one: the path through adapt_fn's "
+            "inner gradient was cut",
+            "use adapt_fn's result as it is: no .detach() on the adapted parameters or on "
+            "their difference from params",
+        )
     for name, a, b in zip(names, g_got, g_exp, strict=True):
         if a is None:
             raise Fail(f"the objective's gradient does not reach params['{name}']")
@@ -218,12 +304,53 @@ def _score_or_nan(model) -> dict:
         return {"mse": math.nan, "mse_by_step": [math.nan, math.nan]}
 
 
+def _unchanged(model, before: dict) -> bool:
+    return all(torch.equal(before[n], t) for n, t in model.state_dict().items())
+
+
+def _probe_steps(fn) -> None:
+    """Short calls before the real run: ``num_steps = 0`` must leave a model as it was, and
+    ``num_steps = 1`` must change it with a task batch drawn from ``generator``. Cheap for a
+    right answer; they catch an off-by-one, a hard-coded number of steps and an ignored
+    generator, which the long run cannot tell apart from a right answer."""
+    torch.manual_seed(TRAIN_SEED + 1)
+    model = MLP()
+    before = copy.deepcopy(model.state_dict())
+    fn(model, 0, torch.Generator().manual_seed(TRAIN_SEED + 1))
+    if not _unchanged(model, before):
+        raise Fail(
+            "with num_steps = 0, meta_train still changed the model's parameters",
+            "take exactly num_steps steps: `for _ in range(num_steps):`, no extra step before "
+            "or after the loop and no hard-coded number of steps",
+        )
+    model = MLP()
+    before = copy.deepcopy(model.state_dict())
+    generator = torch.Generator().manual_seed(TRAIN_SEED + 1)
+    state = generator.get_state()
+    fn(model, 1, generator)
+    if _unchanged(model, before):
+        raise Fail(
+            "with num_steps = 1, meta_train did not change the model's parameters",
+            "take exactly num_steps steps (`range(num_steps)`, not `range(1, num_steps)`), each "
+            "an optimizer step on `model` itself: torch.optim.Adam(model.parameters(), ...) "
+            "with params = mlcourse.maml.params_of(model), not a copy of the model",
+        )
+    if torch.equal(generator.get_state(), state):
+        raise Fail(
+            "meta_train did not draw its tasks from `generator`: the run cannot be reproduced "
+            "from the seed it is given",
+            "sample every task batch with it: Sinusoid().sample(25, 10, 10, generator=generator)",
+        )
+
+
 @check(LESSON, points=3)
 def meta_train(fn, num_steps: int = TRAIN_STEPS) -> str:
     """Runs ``fn(model, num_steps, generator)`` on a fresh seeded 1-40-40-1 MLP, then checks that
     the query MSE after one SGD step (size 0.01) on 10 support points of held-out tasks is below
-    ``THRESHOLD_MSE``."""
+    ``THRESHOLD_MSE``. Calls with 0 and 1 steps on other models come first (see
+    :func:`_probe_steps`)."""
     with torch.random.fork_rng(devices=[]), _one_thread():
+        _probe_steps(fn)
         torch.manual_seed(TRAIN_SEED)
         model = MLP()
         before = copy.deepcopy(model.state_dict())
@@ -232,7 +359,7 @@ def meta_train(fn, num_steps: int = TRAIN_STEPS) -> str:
         fn(model, num_steps, generator)
         seconds = time.perf_counter() - start
         score = _score_or_nan(model)
-    if all(torch.equal(before[n], t) for n, t in model.state_dict().items()):
+    if _unchanged(model, before):
         raise Fail(
             "meta_train did not change the model's parameters",
             "train `model` itself: torch.optim.Adam(model.parameters(), ...) with "

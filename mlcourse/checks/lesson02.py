@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from mlcourse.checks._core import Fail, check, expect_tensor
+from mlcourse.checks._core import Fail, check, expect_tensor, step_scale
 from mlcourse.maml import adapt_reference, meta_loss_loop, params_of
 from mlcourse.models import MLP
 from mlcourse.tasks import Sinusoid, TaskBatch
@@ -165,13 +165,81 @@ def _expect_second_order(grads: dict, params: Mapping[str, Tensor], second, firs
 # (a) inner_update
 
 
+def _shifted(params: Mapping[str, Tensor], seed: int, scale: float = 0.2) -> dict[str, Tensor]:
+    """``params`` moved by a seeded random amount: a differentiable function of ``params`` that
+    is not the model's own parameters (what an inner step receives from the step before)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        n: p + scale * torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in params.items()
+    }
+
+
+def _own_gradient(model: nn.Module, x: Tensor, y: Tensor, loss_fn=_mse) -> dict[str, Tensor]:
+    """The gradient at the model's own parameters (what ``model(x)`` differentiates)."""
+    own = dict(model.named_parameters())
+    grads = torch.autograd.grad(loss_fn(model(x), y), list(own.values()), create_graph=True)
+    return dict(zip(own, grads, strict=True))
+
+
+def _step_variants(model, theta, params, x, y, inner_lr, loss_fn=_mse) -> dict[str, object]:
+    """The adapted parameters of the usual wrong inner steps, keyed by what is wrong."""
+    wrong = {
+        "the parameters did not move: no step was taken": dict(params),
+        "wrong sign: the step goes up the gradient": _adapt(
+            model, params, x, y, -inner_lr, loss_fn=loss_fn
+        ),
+    }
+    if any(params[n] is not theta[n] for n in params):
+        own = _own_gradient(model, x, y, loss_fn)
+        step = _adapt(model, params, x, y, inner_lr, loss_fn=loss_fn)
+        wrong["the gradient is taken at the model's own parameters (`model(x)` or "
+              "`model.parameters()`), not at the `params` you were given"] = {
+            n: params[n] - inner_lr * own[n] for n in params
+        }  # fmt: skip
+        wrong["the step starts from the model's own parameters, not from `params`"] = {
+            n: theta[n] + (step[n] - params[n]) for n in params
+        }
+    return wrong
+
+
+def _step_size_fail(out, params, ref, inner_lr, what: str) -> None:
+    """Names a step in the right direction whose size is not ``inner_lr``."""
+    direction = {n: ref[n] - params[n] for n in params}
+    scale = step_scale(out, params, direction, atol=ATOL)
+    if scale is not None and abs(scale - 1) > 1e-6 and abs(scale) > 1e-6:
+        raise Fail(
+            f"{what} is a step of size {scale * inner_lr:.4g} in the right direction, but "
+            f"inner_lr = {inner_lr:g}",
+            "use the inner_lr argument itself (no hard-coded step size), and the mean, not "
+            "the sum, of the losses",
+        )
+
+
 @check(LESSON, points=1)
 def inner_update(fn: Callable) -> str:
     """Checks ``fn(model, params, x_support, y_support, inner_lr) -> dict``: one differentiable
-    step of SGD on the mean squared error."""
-    model, tasks, inner_lr = _mlp(seed=1), _tasks(seed=2), 0.05
-    xs, ys, xq, yq = tasks.x_support[0], tasks.y_support[0], tasks.x_query[0], tasks.y_query[0]
-    params = params_of(model)
+    step of SGD on the mean squared error, from the model's own parameters and from parameters
+    that are a function of them (as in a second inner step), with two step sizes."""
+    model = _mlp(seed=1)
+    theta = params_of(model)
+    first = _tasks(seed=2)
+    second = _tasks(seed=12, num_tasks=1, k_support=9, k_query=4)
+    for params, tasks, inner_lr in (
+        (theta, first, 0.05),
+        (_shifted(theta, seed=13), second, 0.02),
+    ):
+        xs, ys = tasks.x_support[0], tasks.y_support[0]
+        xq, yq = tasks.x_query[0], tasks.y_query[0]
+        _inner_case(fn, model, theta, params, (xs, ys, xq, yq), inner_lr)
+    return (
+        "one SGD step matches mlcourse.maml.adapt on a random 1-8-8-1 network (float64), from θ "
+        "and from parameters computed from θ, with step sizes 0.05 and 0.02; it leaves the "
+        "model untouched and carries the second-order meta-gradient"
+    )
+
+
+def _inner_case(fn, model, theta, params, data, inner_lr: float) -> None:
+    xs, ys, xq, yq = data
     given = dict(params)
     before = _snapshot(model)
     out = fn(model, params, xs, ys, inner_lr)
@@ -193,8 +261,7 @@ def inner_update(fn: Callable) -> str:
         )
     ref = _adapt(model, params, xs, ys, inner_lr)
     wrong = {
-        "the parameters did not move: no step was taken": dict(params),
-        "wrong sign: the step goes up the gradient": _adapt(model, params, xs, ys, -inner_lr),
+        **_step_variants(model, theta, params, xs, ys, inner_lr),
         "the inner 'loss' is the model's output summed, not a loss against y_support": _adapt(
             model, params, xs, ys, inner_lr, loss_fn=_output_sum
         ),
@@ -203,21 +270,38 @@ def inner_update(fn: Callable) -> str:
         ),
     }
     mistake = _first_match(out, wrong, _same_dict)
+    hint = (
+        "θ' = θ - inner_lr * ∇_θ F.mse_loss(functional_call(model, params, (x_support,)), "
+        "y_support), with θ = params"
+    )
     if mistake:
-        raise Fail(mistake, "θ' = θ - inner_lr * ∇_θ F.mse_loss(model(x_support; θ), y_support)")
+        raise Fail(mistake, hint)
+    _step_size_fail(out, params, ref, inner_lr, "your update")
     for name in params:
-        expect_tensor(out[name], ref[name], f"adapted ['{name}']", atol=ATOL, rtol=RTOL)
-    second = _grads(_query_loss(model, ref, xq, yq), params)
+        try:
+            expect_tensor(out[name], ref[name], f"adapted ['{name}']", atol=ATOL, rtol=RTOL)
+        except Fail as fail:
+            fail.hint = fail.hint or hint
+            raise
+    second = _grads(_query_loss(model, ref, xq, yq), theta)
     first = _grads(
         _query_loss(model, _adapt(model, params, xs, ys, inner_lr, first_order=True), xq, yq),
-        params,
+        theta,
     )
-    mine = _grads(_query_loss(model, out, xq, yq), params)
-    _expect_second_order(mine, params, second, first, "the query loss after your step")
-    return (
-        "one SGD step matches mlcourse.maml.adapt on a random 1-8-8-1 network (float64), "
-        "leaves the model untouched, and carries the second-order meta-gradient"
-    )
+    mine = _grads(_query_loss(model, out, xq, yq), theta)
+    again = _adapt(model, params, xs, ys, inner_lr)  # ref's graph was used up just above
+    detached_start = {n: v - params[n] + params[n].detach() for n, v in again.items()}
+    if (
+        all(g is not None for g in mine.values())
+        and _same_dict(mine, _grads(_query_loss(model, detached_start, xq, yq), theta))
+        and not _same_dict(mine, second)
+    ):
+        raise Fail(
+            "the step starts from detached parameters (`p.detach()` or `p.data`): the "
+            "meta-gradient misses the direct path from θ to θ'",
+            "θ' = p - inner_lr * g with p the tensor in `params` itself, not a detached copy",
+        )
+    _expect_second_order(mine, theta, second, first, "the query loss after your step")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,16 +311,32 @@ def inner_update(fn: Callable) -> str:
 def _meta_loss_variants(model, params, tasks: TaskBatch, inner_lr: float, steps: int) -> dict:
     """Values of the usual wrong meta-losses, keyed by what is wrong."""
 
-    def per_task(adapt_on: str, score_on: str, lr=inner_lr, n=steps, loss_fn=_mse):
+    def per_task(
+        adapt_on: str, score_on: str, lr=inner_lr, n=steps, loss_fn=_mse, start=params, chain=False
+    ):
         losses = []
         for i in range(tasks.num_tasks):
             xa, ya = getattr(tasks, f"x_{adapt_on}")[i], getattr(tasks, f"y_{adapt_on}")[i]
             xe, ye = getattr(tasks, f"x_{score_on}")[i], getattr(tasks, f"y_{score_on}")[i]
-            adapted = _adapt(model, params, xa, ya, lr, n, loss_fn=loss_fn)
+            adapted = _adapt(model, start, xa, ya, lr, n, loss_fn=loss_fn)
+            if chain:  # the next task starts where this one ended
+                start = adapted
             losses.append(_query_loss(model, adapted, xe, ye))
         return torch.stack(losses)
 
     return {
+        "the fast weights are not reset between tasks: each task starts from the previous "
+        "task's adapted parameters instead of from `params`": per_task(
+            "support", "query", chain=True
+        ).mean(),
+        "the adaptation starts from the model's own parameters, not from the `params` you were "
+        "given": per_task("support", "query", start=params_of(model)).mean(),
+        f"one inner step too many: {steps + 1} instead of num_inner_steps = {steps}": per_task(
+            "support", "query", n=steps + 1
+        ).mean(),
+        f"one inner step too few: {steps - 1} instead of num_inner_steps = {steps}": per_task(
+            "support", "query", n=steps - 1
+        ).mean(),
         "no adaptation: this is the query loss at θ itself": per_task(
             "support", "query", n=0
         ).mean(),
@@ -262,12 +362,21 @@ def _meta_loss_variants(model, params, tasks: TaskBatch, inner_lr: float, steps:
     }
 
 
+META_LOSS_HINT = (
+    "meta-loss = mean_τ MSE(model(x_query; adapt(θ, support_τ))): for each task, fast = "
+    "dict(params) inside the loop over tasks, num_inner_steps calls of your inner_update on its "
+    "support set, then the MSE on its query set; the mean over tasks"
+)
+
+
 @check(LESSON, points=2)
 def maml_meta_loss(fn: Callable) -> str:
     """Checks ``fn(model, params, tasks, inner_lr, num_inner_steps) -> scalar``: the mean over
     tasks of the query MSE after ``num_inner_steps`` second-order SGD steps on the support set."""
-    model, tasks, inner_lr, steps = _mlp(seed=3), _tasks(seed=4), 0.03, 2
-    params = params_of(model)
+    model, tasks, inner_lr, steps = _mlp(seed=3), _tasks(seed=4), 0.03, 3
+    # θ handed over as fresh leaves that are not the model's own parameters, as the outer loop
+    # may do: the loss must adapt from `params`, whatever the model holds.
+    params = {n: p.detach().requires_grad_() for n, p in _shifted(params_of(model), 14).items()}
     before = _snapshot(model)
     out = fn(model, params, tasks, inner_lr, steps)
     _expect_model_unchanged(model, before, "maml_meta_loss")
@@ -284,8 +393,12 @@ def maml_meta_loss(fn: Callable) -> str:
             out, _meta_loss_variants(model, params, tasks, inner_lr, steps), _same
         )
         if mistake:
-            raise Fail(mistake, "meta-loss = mean_τ MSE(model(x_query; adapt(θ, support_τ)))")
-    expect_tensor(out, ref, "the meta-loss", atol=ATOL, rtol=RTOL)
+            raise Fail(mistake, META_LOSS_HINT)
+    try:
+        expect_tensor(out, ref, "the meta-loss", atol=ATOL, rtol=RTOL)
+    except Fail as fail:
+        fail.hint = fail.hint or META_LOSS_HINT
+        raise
     first = meta_loss_loop(
         model,
         params,
@@ -300,7 +413,7 @@ def maml_meta_loss(fn: Callable) -> str:
     )
     return (
         f"the meta-loss and its second-order gradient match mlcourse.maml on {tasks.num_tasks} "
-        f"random tasks with {steps} inner steps (float64)"
+        f"random tasks with {steps} inner steps from a given θ (float64)"
     )
 
 
@@ -400,11 +513,27 @@ def _fail_in_place(name: str, then: str = "") -> None:
     )
 
 
+STEP_HINT = (
+    "the fixed step: meta_optimizer.zero_grad(); for each task, fast = {n: p - inner_lr * g} "
+    "from dict(model.named_parameters()) with g = torch.autograd.grad(support MSE, ..., "
+    "create_graph=True), then the query MSE at fast; the mean over tasks; backward(); step()"
+)
 ZIP_HINT = (
     "`zip(model.state_dict().items(), grads)` pairs buffers with gradients: state_dict holds "
     "buffers too, `model.parameters()` does not. Take names and tensors from "
     "`dict(model.named_parameters())`, exactly the tensors `torch.autograd.grad` differentiates"
 )
+
+
+def _leave_stale_gradients(model: nn.Module, seed: int) -> dict[str, Tensor]:
+    """Puts seeded non-zero ``.grad`` tensors on the parameters, as a previous meta-update or
+    an evaluation leaves them: a step that forgets ``zero_grad()`` adds them to its own."""
+    gen = torch.Generator().manual_seed(seed)
+    stale = {}
+    for name, p in model.named_parameters():
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        stale[name] = p.grad.clone()
+    return stale
 
 
 def _run_step(fn: Callable, model: nn.Module, tasks: TaskBatch, inner_lr: float):
@@ -443,6 +572,7 @@ def fixed_maml_step(fn: Callable) -> str:
         ref_loss = meta_loss_loop(model, params, tasks, loss_fn=_mse, inner_lr=inner_lr)
         ref = _grads(ref_loss, params)
         variants = _outer_grad_variants(model, params, tasks, inner_lr)
+        stale = _leave_stale_gradients(model, seed=len(label))
         try:
             returned, grads = _run_step(fn, model, tasks, inner_lr)
         except Fail:
@@ -462,13 +592,23 @@ def fixed_maml_step(fn: Callable) -> str:
                 f"no gradient reached {[n for n, g in grads.items() if g is None]}",
                 "every parameter should get a meta-gradient: adapt all of them",
             )
+        if _same_dict({n: g - stale[n] for n, g in grads.items()}, ref):
+            raise Fail(
+                "the meta-gradient still holds the gradients left in `.grad` before this "
+                "meta-update (from the previous one): they were never cleared",
+                "call meta_optimizer.zero_grad() before the backward pass",
+            )
         mistake = _first_match(grads, variants, _same_dict)
         if mistake:
-            raise Fail(mistake)
+            raise Fail(mistake, STEP_HINT)
         if label and not _same_dict(grads, ref):
             raise Fail("right on a plain network, wrong on a network with buffers", ZIP_HINT)
         for name in params:
-            expect_tensor(grads[name], ref[name], f"meta-gradient ['{name}']", atol=ATOL)
+            try:
+                expect_tensor(grads[name], ref[name], f"meta-gradient ['{name}']", atol=ATOL)
+            except Fail as fail:
+                fail.hint = fail.hint or STEP_HINT
+                raise
         value = returned.item() if isinstance(returned, Tensor) and returned.numel() == 1 else None
         value = float(returned) if isinstance(returned, (int, float)) else value
         if value is None or abs(value - ref_loss.item()) > 1e-6 * max(1.0, abs(ref_loss.item())):
@@ -479,7 +619,8 @@ def fixed_maml_step(fn: Callable) -> str:
             )
     return (
         "one meta-update matches second-order MAML (mlcourse.maml.meta_loss) on a plain network "
-        "and on one with buffers; the model moves only in meta_optimizer.step()"
+        "and on one with buffers, old gradients cleared; the model moves only in "
+        "meta_optimizer.step()"
     )
 
 
@@ -494,6 +635,7 @@ def fixed_meta_test(fn: Callable) -> str:
     model, tasks, inner_lr, steps = _mlp(seed=8), _tasks(seed=9), 0.02, 3
     xs, ys, xq = tasks.x_support[0], tasks.y_support[0], tasks.x_query[0]
     params = params_of(model)
+    _leave_stale_gradients(model, seed=8)  # what meta-training leaves behind
     before = _snapshot(model)
     out = fn(model, xs, ys, xq, inner_lr, steps)
     if any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters()):
@@ -510,6 +652,8 @@ def fixed_meta_test(fn: Callable) -> str:
     wrong = {
         "the meta-test path performs no adaptation at all: these are θ's predictions": predict(0),
         f"num_inner_steps is ignored: one step taken instead of {steps}": predict(1),
+        f"one adaptation step too few: {steps - 1} instead of {steps}": predict(steps - 1),
+        f"one adaptation step too many: {steps + 1} instead of {steps}": predict(steps + 1),
         "wrong sign: the adaptation goes up the support gradient": predict(lr=-inner_lr),
     }
     if isinstance(out, Tensor):
@@ -517,7 +661,15 @@ def fixed_meta_test(fn: Callable) -> str:
     mistake = _first_match(out, wrong, _same)
     if mistake:
         raise Fail(mistake, "adapt on (x_support, y_support) first, then predict x_query")
-    expect_tensor(out, predict(), "the predictions", atol=ATOL, rtol=RTOL)
+    try:
+        expect_tensor(out, predict(), "the prediction tensor", atol=ATOL, rtol=RTOL)
+    except Fail as fail:
+        fail.hint = fail.hint or (
+            "num_inner_steps plain SGD steps of size inner_lr on the support MSE, each from "
+            "fresh gradients (the model's parameters may hold old .grad values: "
+            "torch.autograd.grad ignores them, .backward() adds to them), then predict x_query"
+        )
+        raise
     return (
         f"predictions after {steps} adaptation steps match mlcourse.maml.adapt and the model's "
         "parameters are left as they were"
