@@ -229,6 +229,20 @@ SPLIT_WRONG = {  # answer -> a fragment of the message it must get
         lambda x, y, k: split_reference(x, y, x.shape[3]),
         "your code raised IndexError",
     ),
+    # right only when the query set is as large as the support set (k = 2 * k_support)
+    "query as the last k_support points": (
+        lambda x, y, k: (x[:, :k], y[:, :k], x[:, -k:], y[:, -k:]),
+        "points per task",
+    ),
+    "halves with chunk": (
+        lambda x, y, k: (
+            *x.chunk(2, 1)[:1],
+            *y.chunk(2, 1)[:1],
+            x.chunk(2, 1)[1],
+            y.chunk(2, 1)[1],
+        ),
+        "points per task",
+    ),
 }
 
 
@@ -295,6 +309,15 @@ MSE_WRONG = {
     "in place on y_pred": (
         lambda p, t: mse_reference(p.detach().sub_(t), torch.zeros_like(t)),
         "in place",
+    ),
+    # right whenever a point has one output (the trailing dimension is 1 or absent)
+    "mean over dimension 1, then squeeze": (
+        lambda p, t: ((p - t) ** 2).mean(dim=1).squeeze(-1),
+        "shape (4, 3)",
+    ),
+    "sum over a point's outputs, mean over points": (
+        lambda p, t: ((p - t) ** 2).flatten(1).sum(dim=1) / p.shape[1],
+        "differs",
     ),
 }
 

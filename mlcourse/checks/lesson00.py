@@ -87,11 +87,18 @@ def support_query_split(fn) -> str:
                     )
                 if actual.dim() >= 2 and actual.shape[2:] == want.shape[2:]:
                     if actual.shape[1] != want.shape[1]:
+                        same_size = name.endswith("query") and actual.shape[1] == k_support
                         raise Fail(
                             f"{name} has {actual.shape[1]} points per task, expected "
                             f"{want.shape[1]} {where}",
                             f"the support set is the first k_support = {k_support} points, "
-                            "the query set all the others: check for an off-by-one",
+                            "the query set all the others"
+                            + (
+                                f" ({k - k_support} here): the query set need not be as large "
+                                "as the support set"
+                                if same_size
+                                else ": check for an off-by-one"
+                            ),
                         )
             if isinstance(actual, torch.Tensor) and actual.dtype != want.dtype:
                 raise Fail(
@@ -157,7 +164,9 @@ def per_task_mse(fn) -> str:
             expect_tensor(loss, want, f"the loss {where}")
         except Fail as fail:
             fail.hint = fail.hint or (
-                "the mean of the squared differences: not a sum, no square root, no absolute value"
+                "the mean of the squared differences over every dimension but the first "
+                "(points and a point's outputs alike): not a sum, no square root, no absolute "
+                "value"
             )
             raise
     return (
