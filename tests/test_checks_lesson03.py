@@ -75,6 +75,19 @@ def update_serial(theta, adapted, outer_lr):
     return new
 
 
+def update_divides_by_len(theta, adapted, outer_lr):
+    """`len(adapted)` counts the parameter names, not the tasks."""
+    return {n: t + outer_lr * (adapted[n] - t).sum(0) / len(adapted) for n, t in theta.items()}
+
+
+def update_fractions_swapped(theta, adapted, outer_lr):
+    return {n: outer_lr * t + (1 - outer_lr) * adapted[n].mean(0) for n, t in theta.items()}
+
+
+def update_hard_coded_lr(theta, adapted, outer_lr):
+    return {n: t + 0.1 * (adapted[n] - t).mean(0) for n, t in theta.items()}
+
+
 @pytest.mark.parametrize("answer", [update_reference, update_interpolate])
 def test_reptile_update_accepts_right_answers(answer):
     result = lesson03.reptile_update(answer)
@@ -94,14 +107,17 @@ WRONG_UPDATES = {
     update_missing_key: "same names",
     update_list: "should be a dict",
     update_serial: "differs from the reference",
+    update_divides_by_len: "number of parameter tensors",
+    update_fractions_swapped: "fraction 0.7",
+    update_hard_coded_lr: "fraction 0.1",
 }
 
 
 @pytest.mark.parametrize("answer", list(WRONG_UPDATES), ids=lambda f: f.__name__)
 def test_reptile_update_rejects_known_wrong_answers(answer):
     result = lesson03.reptile_update(answer)
-    assert not result.passed
-    assert WRONG_UPDATES[answer] in result.message + (result.hint or "")
+    assert not result.passed and result.hint, str(result)
+    assert WRONG_UPDATES[answer] in result.message + (result.hint or ""), str(result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,6 +202,21 @@ WRONG_K2 = [
         k2_with(maml=lambda f1, f2, p, a, g1, g2, h: g2 - a * jvp(grad(f2), (p,), (g2,))[1]),
         "differs from the reference",
     ),
+    (
+        k2_with(
+            reptile=lambda f1, f2, p, a, g1, g2, h: grad(f2)(p) + grad(f1)(p - a * grad(f2)(p))
+        ),
+        "wrong order",
+    ),
+    (
+        k2_with(maml=lambda f1, f2, p, a, g1, g2, h: grad(lambda q: f1(q - a * grad(f2)(q)))(p)),
+        "swaps the minibatches",
+    ),
+    (
+        # the gradient at φ₃, after both steps, instead of at φ₂
+        k2_with(fomaml=lambda f1, f2, p, a, g1, g2, h: grad(f2)(p - a * g1 - a * g2)),
+        "g_FOMAML = ∇L₂(φ₂)",
+    ),
     (k2_with(maml=lambda f1, f2, p, a, g1, g2, h: (g2 - a * h).float()), "dtype"),
     (k2_with(maml=lambda f1, f2, p, a, g1, g2, h: (g2 - a * h)[None]), "has shape"),
 ]
@@ -200,7 +231,7 @@ def test_k2_gradients_accepts_right_answers(answer):
 @pytest.mark.parametrize(("answer", "expected"), WRONG_K2, ids=[a.__name__ for a, _ in WRONG_K2])
 def test_k2_gradients_rejects_known_wrong_answers(answer, expected):
     result = lesson03.k2_gradients(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert expected in result.message + (result.hint or ""), result
 
 

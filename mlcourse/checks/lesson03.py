@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import grad
 
-from mlcourse.checks._core import Fail, check, expect_tensor
+from mlcourse.checks._core import Fail, check, expect_tensor, step_scale
 from mlcourse.maml import adapt_batch, params_of
 from mlcourse.models import MLP
 from mlcourse.reptile import reptile_step
@@ -61,8 +61,15 @@ def reptile_update(fn) -> str:
                 "return {name: new_tensor for name in theta}",
             )
         for name in theta:
-            _diagnose_update(got[name], theta[name], adapted[name], outer_lr, name)
-            expect_tensor(got[name], expected[name], f"new theta['{name}']", atol=1e-12)
+            _diagnose_update(got[name], theta[name], adapted[name], outer_lr, name, len(theta))
+            try:
+                expect_tensor(got[name], expected[name], f"new theta['{name}']", atol=1e-12)
+            except Fail as fail:
+                fail.hint = fail.hint or (
+                    "θ + outer_lr · (φ − θ) averaged over the tasks, the leading dimension of "
+                    "adapted[name]: theta[name] + outer_lr * (adapted[name] - theta[name]).mean(0)"
+                )
+                raise
     return (
         "θ + ε·mean_τ(φ_τ − θ) matches mlcourse.reptile.reptile_step for every parameter, "
         "and θ and the adapted weights are left untouched"
@@ -85,7 +92,7 @@ def _check_untouched(now: dict[str, Tensor], before: dict[str, Tensor], what: st
             )
 
 
-def _diagnose_update(got, theta: Tensor, phi: Tensor, eps: float, name: str) -> None:
+def _diagnose_update(got, theta: Tensor, phi: Tensor, eps: float, name: str, names: int) -> None:
     if not isinstance(got, Tensor) or (got.shape, got.dtype) != (theta.shape, theta.dtype):
         return
     step = phi - theta  # (num_tasks, *shape)
@@ -103,10 +110,24 @@ def _diagnose_update(got, theta: Tensor, phi: Tensor, eps: float, name: str) -> 
             "add the step to θ: θ + ε·mean_τ(φ_τ − θ)",
         ),
         (phi.mean(0), "ignores outer_lr (ε = 1)", "scale the displacement by outer_lr"),
+        (
+            theta + eps * step.sum(0) / names,
+            f"divides the summed displacements by len(adapted) = {names}, the number of "
+            f"parameter tensors, not by the number of tasks ({phi.shape[0]})",
+            "average over the tasks: .mean(0), or divide by adapted[name].shape[0]",
+        ),
     ]
     for value, what, hint in wrong:
         if torch.allclose(got.detach(), value, atol=1e-12, rtol=1e-9):
             raise Fail(f"new theta['{name}'] {what}", hint)
+    scale = step_scale(got, theta, step.mean(0), atol=1e-12)
+    if scale is not None and abs(scale - eps) > 1e-9:
+        raise Fail(
+            f"new theta['{name}'] moves θ a fraction {scale:.4g} of the way to the mean adapted "
+            f"weights, not outer_lr = {eps:g}",
+            "θ + outer_lr · mean_τ(φ_τ − θ): the fraction is outer_lr itself (not 1 − outer_lr, "
+            "not a hard-coded value)",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,12 +198,25 @@ def k2_gradients(fn) -> str:
             value = got[key]
             if isinstance(value, Tensor) and (value.shape, value.dtype) == (phi.shape, phi.dtype):
                 _diagnose_k2(key, got[key], loss_1, loss_2, phi, inner_lr)
-            expect_tensor(got[key], expected[key], f'the "{key}" gradient', atol=1e-10)
+            try:
+                expect_tensor(got[key], expected[key], f'the "{key}" gradient', atol=1e-10)
+            except Fail as fail:
+                fail.hint = fail.hint or K2_HINTS[key]
+                raise
     return (
         "the exact MAML, first-order MAML and Reptile gradients for two minibatches match the "
         "reference (φ₂ = φ − α∇L₁(φ); g_FOMAML = ∇L₂(φ₂); g_MAML = (I − α∇²L₁(φ))∇L₂(φ₂); "
         "g_Reptile = ∇L₁(φ) + ∇L₂(φ₂))"
     )
+
+
+K2_HINTS = {
+    "fomaml": "g_FOMAML = ∇L₂(φ₂), the second minibatch's gradient at φ₂ = φ − α∇L₁(φ)",
+    "reptile": "φ₃ = φ₂ − α∇L₂(φ₂) after φ₂ = φ − α∇L₁(φ) (L₁ first, then L₂); "
+    "g_Reptile = (φ − φ₃)/α",
+    "maml": "g_MAML = ∇_φ L₂(φ − α∇L₁(φ)): differentiate the loss of the second minibatch "
+    "through the step on the first (torch.func.grad of that whole function of φ)",
+}
 
 
 def _hvp(loss: LossOfPhi, phi: Tensor, v: Tensor) -> Tensor:
@@ -209,6 +243,11 @@ def _diagnose_k2(key, got, loss_1, loss_2, phi, alpha) -> None:
                 "evaluates both gradients at φ",
                 "the second gradient is taken after the first step, at φ₂",
             ),
+            (
+                grad(loss_2)(phi) + grad(loss_1)(phi - alpha * grad(loss_2)(phi)),
+                "takes the minibatches in the wrong order (a step on L₂, then on L₁)",
+                "φ₂ = φ − α∇L₁(φ) first, then φ₃ = φ₂ − α∇L₂(φ₂)",
+            ),
         ],
         "maml": [
             (
@@ -221,6 +260,11 @@ def _diagnose_k2(key, got, loss_1, loss_2, phi, alpha) -> None:
                 grad(loss_2)(phi) - alpha * _hvp(loss_1, phi, grad(loss_2)(phi)),
                 "uses ∇L₂ at φ instead of at φ₂",
                 "evaluate the query gradient at the adapted φ₂",
+            ),
+            (
+                grad(lambda p: loss_1(p - alpha * grad(loss_2)(p)))(phi),
+                "swaps the minibatches: it differentiates L₁ after a step on L₂",
+                "the inner step is on L₁ (the first minibatch), the loss after it is L₂",
             ),
         ],
     }
