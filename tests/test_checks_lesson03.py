@@ -215,7 +215,7 @@ WRONG_K2 = [
     (
         # the gradient at φ₃, after both steps, instead of at φ₂
         k2_with(fomaml=lambda f1, f2, p, a, g1, g2, h: grad(f2)(p - a * g1 - a * g2)),
-        "g_FOMAML = ∇L₂(φ₂)",
+        "at φ₃",
     ),
     (k2_with(maml=lambda f1, f2, p, a, g1, g2, h: (g2 - a * h).float()), "dtype"),
     (k2_with(maml=lambda f1, f2, p, a, g1, g2, h: (g2 - a * h)[None]), "has shape"),

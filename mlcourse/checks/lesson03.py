@@ -233,6 +233,11 @@ def _diagnose_k2(key, got, loss_1, loss_2, phi, alpha) -> None:
         "fomaml": [
             (grad(loss_2)(phi), "is ∇L₂ at φ", "take the gradient at φ₂ = φ − α∇L₁(φ)"),
             (g1, "is ∇L₁(φ), the first minibatch's", "FOMAML uses the last minibatch: ∇L₂(φ₂)"),
+            (
+                grad(loss_2)(phi_2 - alpha * g2),
+                "is ∇L₂ at φ₃, after both steps",
+                "take it at φ₂ = φ − α∇L₁(φ), where the second step starts",
+            ),
         ],
         "reptile": [
             (-(g1 + g2), "has the wrong sign", "g_Reptile = (φ − φ₃)/α points uphill"),
