@@ -292,7 +292,7 @@ def cmd_release(rest: list[str]) -> int:
 
 
 def cmd_grade(rest: list[str]) -> int:
-    from mlcourse import grading
+    from mlcourse import grading, sandbox
 
     parser = _Parser(prog="mlcourse grade", description=COMMANDS["grade"])
     parser.add_argument(
@@ -308,13 +308,36 @@ def cmd_grade(rest: list[str]) -> int:
     parser.add_argument(
         "--jobs", type=positive_int, default=1, help="submissions graded at once (default: 1)"
     )
+    parser.add_argument(
+        "--memory",
+        default=sandbox.DEFAULT_MEMORY,
+        help=f"memory each submission's kernel may use (default: {sandbox.DEFAULT_MEMORY})",
+    )
+    parser.add_argument(
+        "--max-output",
+        type=positive_int,
+        default=grading.DEFAULT_MAX_OUTPUT,
+        help="bytes of output kept per submission; check results are always kept "
+        f"(default: {grading.DEFAULT_MAX_OUTPUT:,})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(rest)
+    try:
+        memory = sandbox.parse_memory(args.memory)
+    except ValueError as err:
+        parser.error(f"argument --memory: {err}")
     paths = grading.find_notebooks(args.paths)
-    rows = grading.grade_all(paths, timeout=args.timeout, jobs=args.jobs, log=sys.stderr)
+    rows = grading.grade_all(
+        paths,
+        timeout=args.timeout,
+        jobs=args.jobs,
+        memory=memory,
+        max_output=args.max_output,
+        log=sys.stderr,
+    )
     if args.csv:
         grading.write_csv(rows, args.csv)
-    result = {"csv": args.csv, "submissions": rows}
+    result = {"csv": args.csv, "sandbox": grading.sandbox_notice(), "submissions": rows}
     _emit(result, args.json, grading.format_table(rows))
     return 0
 

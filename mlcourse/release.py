@@ -11,6 +11,10 @@
 * Outputs and execution counts are cleared; solution and check cells get nbgrader metadata
   (``solution: true`` / ``grade: true`` with the check's points from ``mlcourse.checks``).
 
+* The check cells of every exercise, as released, go to ``mlcourse/checks/released.json``
+  (package data): ``mlcourse grade`` restores them by their nbgrader ``grade_id`` before it runs
+  a submission, whatever the submission did to them.
+
 ``mlcourse release --check`` writes nothing and fails when any file differs from what release
 would write.
 """
@@ -18,6 +22,7 @@ would write.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -185,6 +190,28 @@ def make_exercise(solution_nb, path: str):
     return nb
 
 
+RELEASED = Path(__file__).parent / "checks" / "released.json"
+
+
+def released_check_cells(nb) -> list[dict]:
+    """The check cells of a released notebook: ``grade_id``, ``source``, the ``checks`` it
+    calls and its ``points``, in notebook order."""
+    cells = []
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and meta.get("grade") and not meta.get("solution"):
+            calls = list(dict.fromkeys(CHECK_CALL.findall(cell.source)))
+            cells.append(
+                {
+                    "grade_id": meta["grade_id"],
+                    "source": cell.source,
+                    "checks": calls,
+                    "points": meta["points"],
+                }
+            )
+    return cells
+
+
 def _text(nb) -> str:
     nbformat.validate(nb)
     text = nbformat.writes(nb, version=4)
@@ -204,6 +231,7 @@ def plan(root: str | Path = ".") -> dict[Path, str]:
             "from the course repository's root, or pass --root"
         )
     expected: dict[Path, str] = {}
+    released: dict[str, list[dict]] = {}
     for path in sorted((root / "notebooks").glob("*.ipynb")):
         rel = path.relative_to(root).as_posix()
         expected[path] = _text(stamp(nbformat.read(path, as_version=4), rel))
@@ -213,6 +241,10 @@ def plan(root: str | Path = ".") -> dict[Path, str]:
         expected[path] = _text(solution)
         exercise = root / "exercises" / path.name
         expected[exercise] = _text(make_exercise(solution, f"exercises/{path.name}"))
+        released[path.stem] = released_check_cells(solution)
+    if released and (root / "mlcourse" / "checks").is_dir():  # the course repository itself
+        text = json.dumps(released, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+        expected[root / "mlcourse" / "checks" / RELEASED.name] = text
     return expected
 
 

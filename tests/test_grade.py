@@ -13,6 +13,7 @@ import pytest
 from nbformat.v4 import new_code_cell
 
 from mlcourse import grading, release
+from mlcourse.checks._core import CHECK_MIME
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "00_welcome.ipynb"
@@ -134,19 +135,24 @@ def test_every_submission_gets_its_score_and_status(graded):
 @pytest.mark.slow
 def test_gradebook_csv_has_a_row_per_submission_and_a_column_per_check(graded):
     result, rows, _, _ = graded
-    assert list(rows[0])[:7] == [
+    assert list(rows[0])[:9] == [
+        "student",
         "path",
         "lesson",
         "score",
         "max_score",
         "status",
+        "student_total",
         "support_query_split",
         "per_task_mse",
     ]
+    assert list(rows[0])[-2:] == ["sandbox", "message"]
     for row, submission in zip(rows, result["submissions"], strict=True):
         assert row["path"] == submission["path"]
         assert float(row["score"]) == submission["score"] and row["status"] == submission["status"]
         assert float(row["per_task_mse"]) == submission["checks"]["per_task_mse"]
+        assert row["student"] == Path(row["path"]).stem.split("-", 1)[1]
+        assert float(row["student_total"]) == submission["score"]  # one lesson each
 
 
 @pytest.mark.slow
@@ -213,18 +219,26 @@ def test_lesson_comes_from_the_file_name():
     assert grading.lesson_of("99_nothing.ipynb") is None
 
 
-def test_a_check_recorded_twice_counts_its_last_result(tmp_path):
-    path = tmp_path / "results.jsonl"
-    lines = [
-        json.dumps({"check": "a", "passed": True}),
-        "not json",
-        json.dumps({"check": "a", "passed": False}),
-        json.dumps({"check": "b", "passed": True}),
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    results = grading.read_results(path)
-    assert results["a"]["passed"] is False and results["b"]["passed"] is True
-    assert grading.read_results(tmp_path / "missing.jsonl") == {}
+def _displayed(check, passed):
+    record = {"check": check, "passed": passed}
+    return nbformat.v4.new_output(
+        "display_data", data={CHECK_MIME: record, "text/plain": str(passed)}
+    )
+
+
+def test_only_a_restored_check_cell_scores_and_its_last_result_counts():
+    released = [{"grade_id": "check_a", "source": "check.a(f)", "checks": ["a"], "points": 1}]
+    nb = _notebook("forged = 1", "check.a(f)", "check.a(f)")
+    nb.cells[1].metadata["nbgrader"] = {"grade_id": "check_a", "grade": True}
+    nb.cells[2].metadata["nbgrader"] = {"grade_id": "check_a", "grade": True}  # a copy
+    nb.cells[1].source = "forged = True  # rewritten"
+    restored = grading.restore_check_cells(nb, released)
+    assert list(restored) == [1] and nb.cells[1].source == "check.a(f)"
+    nb.cells[0].outputs = [_displayed("a", True)]  # outside any check cell
+    nb.cells[2].outputs = [_displayed("a", True)]  # in the copy
+    assert grading.check_results(nb, restored) == {}
+    nb.cells[1].outputs = [_displayed("a", True), _displayed("b", True), _displayed("a", False)]
+    assert grading.check_results(nb, restored) == {"a": {"check": "a", "passed": False}}
 
 
 def test_unknown_lesson_is_invalid_without_running(tmp_path):
