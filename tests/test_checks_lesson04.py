@@ -19,6 +19,7 @@ def _verdict(result):
 def _assert_rejected(result, expected):
     assert not result.passed, "a wrong answer passed"
     assert expected in _verdict(result), _verdict(result)
+    assert result.hint, f"no hint: {_verdict(result)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +135,21 @@ def logits_query_prototypes(s, y, q, n):
     return -_sqdist(q, q[:, :n])
 
 
+def logits_first_task_labels(s, y, q, n):
+    """Groups every task's support set by the labels of task 0."""
+    return -_sqdist(q, _protos(s, y[:1].expand(s.shape[0], -1), n))
+
+
+def logits_mean_over_dim(s, y, q, n):
+    return -((q[:, :, None] - _protos(s, y, n)[:, None]) ** 2).mean(-1)
+
+
+def logits_equal_shots(s, y, q, n):
+    """Divides the class sums by S / n_way: right only when every class has as many shots."""
+    sums = F.one_hot(y, n).to(s.dtype).transpose(1, 2) @ s
+    return -_sqdist(q, sums / (s.shape[1] // n))
+
+
 @pytest.mark.parametrize("answer", [logits_reference, logits_loop, logits_expanded])
 def test_protonet_logits_accepts_right_answers(answer):
     result = lesson04.protonet_logits(answer)
@@ -159,6 +175,9 @@ WRONG_LOGITS = {
     logits_numpy: "should return a tensor",
     logits_in_place: "in place",
     logits_query_prototypes: "differs from the reference",
+    logits_first_task_labels: "its own labels",
+    logits_mean_over_dim: "averaged over the embedding dimension",
+    logits_equal_shots: "equal shots assumed",
 }
 
 
@@ -274,6 +293,15 @@ WRONG_SPLITS = [
     (_with(yq=lambda im, k, o: o["yq"].flip(1)), "not class-major"),
     (_with(xs=lambda im, k, o: o["xs"].float()), "dtype"),
     (_with(xs=lambda im, k, o: o["xs"].squeeze(2)), "flatten"),
+    # the query labels built with k_shot repeats, as for the support set
+    (
+        _with(
+            yq=lambda im, k, o: (
+                torch.arange(im.shape[1]).repeat_interleave(k).expand(im.shape[0], -1)
+            )
+        ),
+        "repeat each label k_query",
+    ),
 ]
 
 
@@ -400,6 +428,18 @@ def sample_class_ids_as_labels(bank, num_tasks, n_way, k_shot, k_query, generato
     return xs, classes.repeat_interleave(k_shot, 1), xq, classes.repeat_interleave(k_query, 1)
 
 
+def drawings_shared_by_classes(bank, classes, m, g):
+    """One random order of the drawings per task, used for all of its classes."""
+    order = torch.rand(classes.shape[0], 1, bank.shape[1], generator=g).argsort(-1)
+    return order[..., :m].expand(*classes.shape, m)
+
+
+def drawings_shared_by_tasks(bank, classes, m, g):
+    """One random order per class position, used by every task."""
+    order = torch.rand(1, classes.shape[1], bank.shape[1], generator=g).argsort(-1)
+    return order[..., :m].expand(*classes.shape, m)
+
+
 def sample_stub(bank, num_tasks, n_way, k_shot, k_query, generator):
     raise NotImplementedError()
 
@@ -464,6 +504,8 @@ WRONG_SAMPLERS = [
     (sample_normalises_in_place, "in place"),
     (sample_float64, "dtype"),
     (sample_single_episode, "has shape"),
+    (_pair(classes_right, drawings_shared_by_classes), "shared by the classes"),
+    (_pair(classes_right, drawings_shared_by_tasks), "shared by the tasks"),
 ]
 
 
@@ -579,6 +621,18 @@ def step_float32(model, params, x_support, y_support, inner_lr):
     }
 
 
+def step_model_gradient(model, params, x_support, y_support, inner_lr):
+    """Runs the model on its own parameters (`model(x)`), whatever `params` holds."""
+    loss = F.cross_entropy(model(x_support), y_support)
+    grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+    return {n: p - inner_lr * g for (n, p), g in zip(params.items(), grads, strict=True)}
+
+
+def step_hard_coded_lr(model, params, x_support, y_support, inner_lr):
+    """The lesson's step size, 0.4, whatever inner_lr is."""
+    return step_autograd(model, params, x_support, y_support, 0.4)
+
+
 def step_two_steps(model, params, x_support, y_support, inner_lr):
     once = step_autograd(model, params, x_support, y_support, inner_lr)
     return step_autograd(model, once, x_support, y_support, inner_lr)
@@ -605,6 +659,8 @@ WRONG_STEPS = [
     (_step_with(head_only=True), "ANIL"),
     (_step_with(create_graph=False), "first-order"),
     (_step_with(detach=True), "do not depend on θ"),
+    (step_model_gradient, "model's own parameters"),
+    (step_hard_coded_lr, "step of size 0.4 in the right direction, but inner_lr = 0.15"),
 ]
 
 
@@ -660,6 +716,15 @@ def _loss_from(*, protos_from="support", score="query", sign=-1.0, power=2, redu
     return answer
 
 
+def loss_summed_over_tasks(model, tasks, n_way):
+    """Each task's mean cross-entropy, added up."""
+    support = fewshot.embed_tasks(model, tasks.x_support)
+    query = fewshot.embed_tasks(model, tasks.x_query)
+    protos = fewshot.prototypes(support, tasks.y_support, n_way)
+    logits = -((query[:, :, None] - protos[:, None]) ** 2).sum(-1)
+    return sum(F.cross_entropy(lt, yt) for lt, yt in zip(logits, tasks.y_query, strict=True))
+
+
 def loss_reference(model, tasks, n_way):
     return fewshot.protonet_loss(model, tasks, n_way=n_way)[0]
 
@@ -705,6 +770,7 @@ WRONG_LOSSES = [
     (loss_with_accuracy, "loss alone"),
     (loss_item, "should be a tensor"),
     (loss_optimizer_step, "in-place"),
+    (loss_summed_over_tasks, "summed over the tasks"),
 ]
 
 

@@ -148,14 +148,20 @@ def expect_tensor(
     """Compares a learner's tensor with the reference: type, shape and dtype exactly (no
     broadcasting), then values, reporting the largest difference."""
     if not isinstance(actual, torch.Tensor):
-        raise Fail(f"{what} should be a tensor, got {type(actual).__name__}")
+        raise Fail(
+            f"{what} should be a tensor, got {type(actual).__name__}",
+            "return a torch tensor: no .item(), .tolist() or NumPy conversion",
+        )
     if actual.shape != expected.shape:
         raise Fail(
             f"{what} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}",
             "check which dimension you reduced or indexed over",
         )
     if actual.dtype != expected.dtype:
-        raise Fail(f"{what} has dtype {actual.dtype}, expected {expected.dtype}")
+        raise Fail(
+            f"{what} has dtype {actual.dtype}, expected {expected.dtype}",
+            "keep the dtype of the inputs: no .float(), .double() or torch.tensor(...) copies",
+        )
     diff = (actual.detach() - expected.detach()).abs()
     worst = diff.max().item() if diff.numel() else 0.0
     if not torch.allclose(actual.detach(), expected.detach(), atol=atol, rtol=rtol):

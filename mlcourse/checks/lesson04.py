@@ -34,7 +34,10 @@ from mlcourse.checks.lesson02 import (
     _first_match,
     _grads,
     _same_dict,
+    _shifted,
     _snapshot,
+    _step_size_fail,
+    _step_variants,
 )
 from mlcourse.fewshot import embed_tasks, prototypes
 from mlcourse.fewshot import protonet_logits as protonet_logits_reference
@@ -131,6 +134,13 @@ def _protonet_variants(support: Tensor, y: Tensor, query: Tensor, n_way: int) ->
             F.normalize(q, dim=-1) @ F.normalize(means, dim=-1).transpose(1, 2),
         ("the logits are the dot products q · c, not minus the squared distance",
          "−‖q − c‖² = 2 q·c − ‖c‖² − ‖q‖²: the norms matter"): q @ means.transpose(1, 2),
+        ("the squared differences are averaged over the embedding dimension, not summed",
+         "‖q − c‖² sums the squares over the D coordinates: ((q - c) ** 2).sum(-1)"):
+            -(diff**2).mean(-1),
+        (f"the prototypes divide each class's sum by S / n_way = {s.shape[1] / n_way:g} (equal "
+         "shots assumed), not by the class's own number of support examples",
+         "divide by the counts per class, one_hot.sum(1): classes may have different numbers "
+         "of shots"): -((q[:, :, None] - sums[:, None] * n_way / s.shape[1]) ** 2).sum(-1),
     }  # fmt: skip
     num_tasks, n_support, dim = s.shape
     if n_support % n_way == 0:
@@ -179,7 +189,14 @@ def protonet_logits(fn: Callable) -> str:
             for (what, hint), value in _protonet_variants(support, y, query, n_way).items():
                 if _close(got, value):
                     raise Fail(what, hint)
-        expect_tensor(got, expected, "the logits tensor", atol=ATOL, rtol=RTOL)
+        try:
+            expect_tensor(got, expected, "the logits tensor", atol=ATOL, rtol=RTOL)
+        except Fail as fail:
+            fail.hint = fail.hint or (
+                "for each task t on its own labels y_support[t]: c_n = the mean of the support "
+                "embeddings labelled n, logits[t, q, n] = −((query_emb[t, q] − c_n) ** 2).sum()"
+            )
+            raise
         _expect_same_gradients(got, expected, {"support_emb": support, "query_emb": query})
     return (
         "prototypes are the class means by label (class-major, shuffled and unequal shots) and "
@@ -249,7 +266,10 @@ def _expect_four_tensors(got, what: str) -> tuple[Tensor, Tensor, Tensor, Tensor
         )
     for name, value in zip(("x_support", "y_support", "x_query", "y_query"), got, strict=True):
         if not isinstance(value, Tensor):
-            raise Fail(f"{name} should be a tensor, got {_describe(value)}")
+            raise Fail(
+                f"{name} should be a tensor, got {_describe(value)}",
+                "return four tensors: x_support, y_support, x_query, y_query",
+            )
     return tuple(got)
 
 
@@ -262,9 +282,16 @@ def _expect_labels(y: Tensor, name: str, num_tasks: int, n_way: int, per_class: 
             "build them with torch.arange(n_way) (int64), as F.cross_entropy expects",
         )
     if tuple(y.shape) != shape:
+        k = "k_shot" if name == "y_support" else "k_query"
+        hint = (
+            f"{n_way} classes × {per_class} images: repeat each label {k} = {per_class} times, "
+            f"torch.arange(n_way).repeat_interleave({k})"
+            if y.dim() == 2 and y.shape[0] == num_tasks
+            else "repeat the labels for every task, e.g. .expand(num_tasks, -1)"
+        )
         raise Fail(
             f"{name} has shape {tuple(y.shape)}, expected {shape} (one row of labels per task)",
-            "repeat the labels for every task, e.g. .expand(num_tasks, -1)",
+            hint,
         )
     class_major = torch.arange(n_way).repeat_interleave(per_class)
     if not (y == class_major).all():
@@ -316,7 +343,14 @@ def class_major_split(fn: Callable) -> str:
             (ref.x_support, ref.y_support, ref.x_query, ref.y_query),
             strict=True,
         ):
-            expect_tensor(value, expected, name, atol=0, rtol=0)
+            try:
+                expect_tensor(value, expected, name, atol=0, rtol=0)
+            except Fail as fail:
+                fail.hint = fail.hint or (
+                    "index and reshape only, keeping the images' dtype: "
+                    "images[:, :, :k_shot].flatten(1, 2); labels int64"
+                )
+                raise
     return (
         "support = the first k_shot drawings of each class, query = the rest, both class-major "
         "with labels [0]*k + [1]*k + ..., identical to mlcourse.tasks.episodes_from_images"
@@ -330,7 +364,10 @@ def _diagnose_split(xs: Tensor, xq: Tensor, num_tasks: int, n_way, k_shot, k_que
     ):
         code = _decode(x)
         if (code < 0).any():
-            raise Fail(f"{name} holds images that are not among the input images")
+            raise Fail(
+                f"{name} holds images that are not among the input images",
+                "only index and reshape `images`: no arithmetic on the pixels",
+            )
         task, cls, drawing = code // TASK_CODE, code % TASK_CODE // CLASS_CODE, code % CLASS_CODE
         if not (task == torch.arange(num_tasks)[:, None]).all():
             raise Fail(
@@ -403,7 +440,10 @@ def sample_episodes(fn: Callable) -> str:
                 "gather (num_tasks, n_way, k_shot + k_query) images, then split and flatten",
             )
         if x.dtype != bank.dtype:
-            raise Fail(f"{name} has dtype {x.dtype}; the bank's images are {bank.dtype}")
+            raise Fail(
+                f"{name} has dtype {x.dtype}; the bank's images are {bank.dtype}",
+                "index the bank: no .float(), .double() or .to(...) on the images",
+            )
     _expect_labels(ys, "y_support", num_tasks, n_way, k_shot)
     _expect_labels(yq, "y_query", num_tasks, n_way, k_query)
     codes = torch.cat(
@@ -414,7 +454,10 @@ def sample_episodes(fn: Callable) -> str:
         dim=2,
     )  # (T, N, K+Q): the bank entry of every image, grouped by label
     if (codes < 0).any() or (codes % CLASS_CODE >= BANK_DRAWINGS).any():
-        raise Fail("the episodes hold images that are not images of the bank")
+        raise Fail(
+            "the episodes hold images that are not images of the bank",
+            "only index the bank (bank[classes, drawings]): no arithmetic on the pixels",
+        )
     cls, drawing = codes // CLASS_CODE, codes % CLASS_CODE
     _diagnose_episodes(cls, drawing, k_shot)
     again = _sample(fn, bank, seed=0)
@@ -492,6 +535,22 @@ def _diagnose_episodes(cls: Tensor, drawing: Tensor, k_shot: int) -> None:
             "the support set is always the first drawings of each class",
             "draw the drawings at random too",
         )
+    independent = (
+        "draw the drawings of every class of every task independently: one random order per "
+        "(task, class), e.g. torch.rand(num_tasks, n_way, drawings, generator=g).argsort(-1)"
+    )
+    if n_way > 1 and (drawing == drawing[:, :1]).all():
+        raise Fail(
+            "in every task, all classes use the same drawing numbers (task 0: "
+            f"{drawing[0, 0].tolist()} for each class): one draw is shared by the classes",
+            independent,
+        )
+    if num_tasks > 1 and (drawing == drawing[:1]).all():
+        raise Fail(
+            "every task uses the same drawing numbers for its classes: one draw is shared by "
+            "the tasks",
+            independent,
+        )
     unused = sorted(set(range(BANK_DRAWINGS)) - set(drawing.flatten().tolist()))
     if unused:
         raise Fail(
@@ -565,9 +624,23 @@ def maml_conv_step(fn: Callable) -> str:
 
 
 def _maml_conv_step(fn: Callable) -> str:
-    model, inner_lr = _conv4(seed=0), 0.4
-    xs, ys, xq, yq = _episode(seed=1)
-    params = params_of(model)
+    model = _conv4(seed=0)
+    theta = params_of(model)
+    cases = (  # θ itself, then parameters computed from θ with another step size and episode
+        (theta, 1, 2, 0.4),
+        (_shifted(theta, seed=15, scale=0.05), 2, 1, 0.15),
+    )
+    for params, seed, k_shot, inner_lr in cases:
+        _conv_step_case(fn, model, theta, params, _episode(seed, k_shot=k_shot), inner_lr)
+    return (
+        "one cross-entropy SGD step on a Conv4 (float64) matches mlcourse.maml.adapt_reference "
+        "from θ and from parameters computed from θ (step sizes 0.4 and 0.15), leaves the model "
+        "untouched, and carries the second-order meta-gradient to every parameter"
+    )
+
+
+def _conv_step_case(fn, model, theta, params, episode, inner_lr: float) -> None:
+    xs, ys, xq, yq = episode
     given = dict(params)
     before = _snapshot(model)
     out = fn(model, params, xs, ys, inner_lr)
@@ -590,8 +663,7 @@ def _maml_conv_step(fn: Callable) -> str:
         )
     ref = _step(model, params, xs, ys, inner_lr)
     wrong = {
-        "the parameters did not move: no step was taken": dict(params),
-        "wrong sign: the step goes up the gradient": _step(model, params, xs, ys, -inner_lr),
+        **_step_variants(model, theta, params, xs, ys, inner_lr, loss_fn=F.cross_entropy),
         "the support loss is summed over the images, not averaged (F.cross_entropy's default "
         "is the mean)": _step(model, params, xs, ys, inner_lr, loss_fn=_ce_sum),
         "the loss is the MSE to one-hot labels, not the cross-entropy": _step(
@@ -602,25 +674,27 @@ def _maml_conv_step(fn: Callable) -> str:
             **_step(model, head_params(params), xs, ys, inner_lr),
         },
     }
+    hint = (
+        "θ' = θ − inner_lr · ∇_θ F.cross_entropy(functional_call(model, params, (x_support,)), "
+        "y_support), with θ = params"
+    )
     mistake = _first_match(out, wrong, _same_dict)
     if mistake:
-        raise Fail(
-            mistake, "θ' = θ − inner_lr · ∇_θ F.cross_entropy(model(x_support; θ), y_support)"
-        )
+        raise Fail(mistake, hint)
+    _step_size_fail(out, params, ref, inner_lr, "your update")
     for name in params:
-        expect_tensor(out[name], ref[name], f"adapted ['{name}']", atol=1e-8, rtol=1e-6)
-    second = _grads(_query_ce(model, ref, xq, yq), params)
+        try:
+            expect_tensor(out[name], ref[name], f"adapted ['{name}']", atol=1e-8, rtol=1e-6)
+        except Fail as fail:
+            fail.hint = fail.hint or hint
+            raise
+    second = _grads(_query_ce(model, ref, xq, yq), theta)
     first = _grads(
         _query_ce(model, _step(model, params, xs, ys, inner_lr, first_order=True), xq, yq),
-        params,
+        theta,
     )
-    mine = _grads(_query_ce(model, out, xq, yq), params)
-    _expect_second_order(mine, params, second, first, "the query loss after your step")
-    return (
-        "one cross-entropy SGD step on a Conv4 (float64) matches mlcourse.maml.adapt_reference, "
-        "leaves the model untouched, and carries the second-order meta-gradient to every "
-        "parameter"
-    )
+    mine = _grads(_query_ce(model, out, xq, yq), theta)
+    _expect_second_order(mine, theta, second, first, "the query loss after your step")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,6 +738,10 @@ def _protonet_loss_variants(model, tasks, n_way: int) -> dict:
         ("no gradient flows through the prototypes (the support embeddings were detached)",
          "keep the support embeddings in the graph: the network learns from both sides"):
             loss(from_support.detach(), query, tasks.y_query),
+        ("the loss is summed over the tasks (each task's mean cross-entropy, added up)",
+         "one mean over every query of every task: F.cross_entropy(logits.flatten(0, 1), "
+         "y_query.flatten())"):
+            loss(from_support, query, tasks.y_query, reduction="sum") / query.shape[1],
     }  # fmt: skip
 
 
@@ -698,7 +776,14 @@ def _fixed_protonet_loss(fn: Callable) -> str:
         for (what, hint), value in _protonet_loss_variants(model, tasks, N_WAY).items():
             if _close(got, value):
                 raise Fail(what, hint)
-    expect_tensor(got, expected, "the loss", atol=ATOL, rtol=RTOL)
+    try:
+        expect_tensor(got, expected, "the loss", atol=ATOL, rtol=RTOL)
+    except Fail as fail:
+        fail.hint = fail.hint or (
+            "prototypes from the support embeddings and labels only, logits −‖f(x_q) − c‖² for "
+            "the queries, F.cross_entropy against y_query averaged over every query"
+        )
+        raise
     mine, ref = _grads(got, params), _grads(expected, params)
     if all(g is None for g in mine.values()):
         raise Fail(
