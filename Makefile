@@ -8,8 +8,9 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check --progress-bar off
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 CHROMIUM := /usr/bin/chromium
+BWRAP    := /usr/bin/bwrap
 
-.PHONY: lab test test-full timings install lint format bench clean browser
+.PHONY: lab test test-full timings install lint format bench clean browser sandbox
 
 install: $(STAMP)
 
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(ROOT_FLAG) --notebook-dir=notebooks
 
-test: $(STAMP) browser
+test: $(STAMP) browser sandbox
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
@@ -44,6 +45,17 @@ $(CHROMIUM):
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else \
 		echo "The browser test needs Chromium at $(CHROMIUM): run 'sudo apt-get install -y chromium'" \
+		     "(Debian/Ubuntu) and then 'make test' again."; exit 1; \
+	fi
+
+# `mlcourse grade` runs each submission inside bubblewrap (Debian's bubblewrap package).
+sandbox: $(BWRAP)
+
+$(BWRAP):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
+	else \
+		echo "The grading tests need bubblewrap at $(BWRAP): run 'sudo apt-get install -y bubblewrap'" \
 		     "(Debian/Ubuntu) and then 'make test' again."; exit 1; \
 	fi
 
