@@ -19,10 +19,14 @@ from nbformat.v4 import new_code_cell
 
 from mlcourse import sandbox
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(sandbox.bwrap() is None, reason="needs bubblewrap (make test installs it)"),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bubblewrap():
+    """These tests are about the sandbox: without bubblewrap they fail, never skip."""
+    assert sandbox.bwrap(), "install bubblewrap (`make test` does: apt-get install bubblewrap)"
+
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSON = "02_maml"
