@@ -80,6 +80,18 @@ def ucb_float64(successes, failures, t, c):
     return ucb_ok(successes.double(), failures.double(), t, c)
 
 
+def ucb_hard_coded_t(successes, failures, t, c):
+    return ucb_ok(successes, failures, 12, c)
+
+
+def ucb_t_plus_one(successes, failures, t, c):
+    return ucb_ok(successes, failures, t + 1, c)
+
+
+def ucb_c_everywhere(successes, failures, t, c):
+    return c * ucb_ok(successes, failures, t, 1.0)
+
+
 def test_ucb1_accepts_the_reference():
     result = lesson05.ucb1_scores(ucb_ok)
     assert result.passed, result.message
@@ -99,11 +111,14 @@ def test_ucb1_accepts_the_reference():
         (ucb_in_place, "in place"),
         (ucb_transposed, "shape"),
         (ucb_float64, "dtype"),
+        (ucb_hard_coded_t, "t = 12, not the t = 7 given"),
+        (ucb_t_plus_one, "t = 13, not the t = 12 given"),
+        (ucb_c_everywhere, "whole score"),
     ],
 )
 def test_ucb1_rejects_wrong_answers(answer, words):
     result = lesson05.ucb1_scores(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message
 
 
@@ -152,6 +167,10 @@ def ts_probabilities(successes, failures):
     return torch.distributions.Beta(successes + 1, failures + 1).sample()
 
 
+def ts_pulls_as_beta(successes, failures):
+    return torch.distributions.Beta(successes + 1, successes + failures + 1).sample().argmax(-1)
+
+
 def test_thompson_accepts_the_reference():
     result = lesson05.thompson_choice(ts_ok)
     assert result.passed, result.message
@@ -170,11 +189,12 @@ def test_thompson_accepts_the_reference():
         (ts_wrong_axis, "shape"),
         (ts_uniform, "differ from the posterior"),
         (ts_probabilities, "shape"),
+        (ts_pulls_as_beta, "counts every pull"),
     ],
 )
 def test_thompson_rejects_wrong_answers(answer, words):
     result = lesson05.thompson_choice(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message
 
 
@@ -241,6 +261,42 @@ def value_no_reward(num_arms, num_pulls):
     return 0.0
 
 
+def value_mean_over_arms(num_arms, num_pulls):
+    """The recursion with a mean over the arms where the max belongs."""
+
+    @functools.cache
+    def value(state):
+        if sum(s + f for s, f in state) == num_pulls:
+            return 0.0
+        total = 0.0
+        for i, (s, f) in enumerate(state):
+            p = (s + 1) / (s + f + 2)
+            win = tuple(sorted(state[:i] + ((s + 1, f),) + state[i + 1 :]))
+            lose = tuple(sorted(state[:i] + ((s, f + 1),) + state[i + 1 :]))
+            total += p * (1 + value(win)) + (1 - p) * value(lose)
+        return total / len(state)
+
+    return value(((0, 0),) * num_arms)
+
+
+def value_uniform_prior_forgotten(num_arms, num_pulls):
+    """p = s / (s + f), and 1/2 for an arm never pulled: the mean without the prior's counts."""
+
+    @functools.cache
+    def value(state):
+        if sum(s + f for s, f in state) == num_pulls:
+            return 0.0
+        best = 0.0
+        for i, (s, f) in enumerate(state):
+            p = s / (s + f) if s + f else 0.5
+            win = tuple(sorted(state[:i] + ((s + 1, f),) + state[i + 1 :]))
+            lose = tuple(sorted(state[:i] + ((s, f + 1),) + state[i + 1 :]))
+            best = max(best, p * (1 + value(win)) + (1 - p) * value(lose))
+        return best
+
+    return value(((0, 0),) * num_arms)
+
+
 def value_tensor(num_arms, num_pulls):
     return torch.tensor(value_ok(num_arms, num_pulls))
 
@@ -260,9 +316,11 @@ def test_bayes_optimal_value_accepts_right_answers(answer):
         (value_greedy, "greedy"),
         (value_one_short, "one pull too few"),
         (value_no_reward, "expected"),
+        (value_mean_over_arms, "mean over the arms"),
+        (value_uniform_prior_forgotten, "expected"),
     ],
 )
 def test_bayes_optimal_value_rejects_wrong_answers(answer, words):
     result = lesson05.bayes_optimal_value(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message

@@ -23,11 +23,12 @@ LESSON = "05_meta_rl_problem"
 __all__ = ["bayes_optimal_value", "thompson_choice", "ucb1_scores"]
 
 
-def _counts(seed: int, num_trials: int = 6, num_arms: int = 4) -> tuple[Tensor, Tensor, int]:
+def _counts(
+    seed: int, t: int = 12, num_trials: int = 6, num_arms: int = 4
+) -> tuple[Tensor, Tensor, int]:
     """Random success and failure counts of ``num_trials`` trials that have each made ``t``
     pulls (one step of a batch of trials); the last arm is never pulled."""
     gen = torch.Generator().manual_seed(seed)
-    t = 12
     pulls = torch.zeros(num_trials, num_arms)
     for row in range(num_trials):
         arms = torch.randint(num_arms - 1, (t,), generator=gen)  # the last arm never pulled
@@ -70,14 +71,33 @@ def _ucb1_wrong(successes: Tensor, failures: Tensor, t: int, c: float) -> dict[s
         "unpulled arms score 0 instead of +inf, so they are never tried": torch.where(
             untried, 0.0, mean + c * torch.sqrt(2.0 * math.log(t) / n)
         ),
+        "c scales the whole score, not only the exploration bonus": with_inf(
+            c * (mean + torch.sqrt(2.0 * math.log(t) / n))
+        ),
     }
+
+
+def _implied_t(got: Tensor, successes: Tensor, failures: Tensor, c: float) -> float | None:
+    """The t that the learner's bonus c·sqrt(2 ln t / n) used, if one t fits every pulled arm."""
+    pulls = successes + failures
+    pulled = pulls > 0
+    bonus = (got.double() - successes.double() / pulls.double().clamp(min=1))[pulled]
+    if not torch.isfinite(bonus).all() or (bonus < 0).any():
+        return None
+    log_t = (bonus / c) ** 2 * pulls.double()[pulled] / 2
+    if torch.allclose(log_t, log_t.mean().expand_as(log_t), atol=1e-4, rtol=1e-4):
+        return math.exp(log_t.mean().item())
+    return None
+
+
+UCB_CASES = [(0, 1.0, 12), (1, 0.5, 7), (2, 2.0, 30)]  # (seed, c, t)
 
 
 @check(LESSON, points=1)
 def ucb1_scores(fn: Callable) -> str:
     """Checks ``fn(successes, failures, t, c) -> (num_trials, num_arms)`` scores."""
-    for seed, c in [(0, 1.0), (1, 0.5), (2, 2.0)]:
-        successes, failures, t = _counts(seed)
+    for seed, c, t in UCB_CASES:
+        successes, failures, t = _counts(seed, t)
         s_before, f_before = successes.clone(), failures.clone()
         got = fn(successes, failures, t, c)
         if not (torch.equal(successes, s_before) and torch.equal(failures, f_before)):
@@ -100,8 +120,22 @@ def ucb1_scores(fn: Callable) -> str:
             for what, wrong in _ucb1_wrong(successes, failures, t, c).items():
                 if torch.allclose(got.float(), wrong, atol=1e-5, equal_nan=False):
                     raise Fail(what, "UCB1: s/n + c·sqrt(2 ln t / n), and +inf where n = 0")
-        expect_tensor(got, expected, "the UCB1 scores", atol=1e-5, rtol=1e-5)
-    return "UCB1 scores match the reference on three batches (unpulled arms +inf, c = 0.5, 1, 2)"
+            used = _implied_t(got, successes, failures, c)
+            if used is not None and abs(used - t) > 1e-3 * t:
+                raise Fail(
+                    f"the bonus uses t = {used:.4g}, not the t = {t} given",
+                    "t is the number of pulls made so far, the argument t itself: "
+                    "c * sqrt(2 * math.log(t) / n), no hard-coded value and no + 1",
+                )
+        try:
+            expect_tensor(got, expected, "the UCB1 scores", atol=1e-5, rtol=1e-5)
+        except Fail as fail:
+            fail.hint = fail.hint or "UCB1: s/n + c·sqrt(2 ln t / n), and +inf where n = 0"
+            raise
+    return (
+        "UCB1 scores match the reference on three batches (unpulled arms +inf; c = 1, 0.5, 2 "
+        f"after t = {', '.join(str(t) for *_, t in UCB_CASES)} pulls)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,14 +198,20 @@ def thompson_choice(fn: Callable) -> str:
             ) from err
         raise
     if not isinstance(got, Tensor):
-        raise Fail(f"expected a tensor of arms, got {type(got).__name__}")
+        raise Fail(
+            f"expected a tensor of arms, got {type(got).__name__}",
+            "return draws.argmax(dim=-1), a (num_trials,) int64 tensor",
+        )
     if got.shape != (num_trials,):
         raise Fail(
             f"expected one arm per trial, shape ({num_trials},), got {tuple(got.shape)}",
             "take the argmax over the arms dimension (dim=-1) of one draw per arm and trial",
         )
     if got.is_floating_point() or got.min() < 0 or got.max() > 3:
-        raise Fail("the result should hold integer arm indices in 0..num_arms-1")
+        raise Fail(
+            "the result should hold integer arm indices in 0..num_arms-1",
+            "return the index of the largest draw, draws.argmax(dim=-1), not the draw itself",
+        )
     freqs = _frequencies(got)
     right = [_win_probabilities((s + 1).tolist(), (f + 1).tolist()) for s, f in _TS_GROUPS]
     swapped = [_win_probabilities((f + 1).tolist(), (s + 1).tolist()) for s, f in _TS_GROUPS]
@@ -197,6 +237,15 @@ def thompson_choice(fn: Callable) -> str:
         raise Fail(
             "each group of identical trials always chooses the same arm: the choice is not random",
             "draw a fresh sample for every arm of every trial (one Beta draw per entry)",
+        )
+    pulls_as_beta = [
+        _win_probabilities((s + 1).tolist(), (s + f + 1).tolist()) for s, f in _TS_GROUPS
+    ]
+    if all(close(f, p) for f, p in zip(freqs, pulls_as_beta, strict=True)):
+        raise Fail(
+            "the choices follow Beta(1 + successes, 1 + successes + failures): the second "
+            "parameter counts every pull, not the failures only",
+            "θ_a ~ Beta(1 + successes_a, 1 + failures_a)",
         )
     if all(close(f, p) for f, p in zip(freqs, swapped, strict=True)):
         raise Fail(
@@ -258,12 +307,19 @@ def bayes_optimal_value(fn: Callable) -> str:
         if isinstance(got, Tensor):
             got = got.item()
         if not isinstance(got, (int, float)):
-            raise Fail(f"expected a number, got {type(got).__name__}")
+            raise Fail(
+                f"expected a number, got {type(got).__name__}",
+                "return V at the start, every arm (0, 0), as a float",
+            )
         expected = BayesOptimal(k, n).value
         if abs(got - expected) <= 1e-6:
             continue
         wrong = [
-            (_no_learning(k, n), "no learning: n/2 is what any fixed arm gives"),
+            (
+                _no_learning(k, n),
+                "no learning: n/2 is what any fixed arm gives, and what a mean over the arms "
+                "in place of the max gives (an arm picked at random)",
+            ),
             (_oracle(k, n), "the oracle's score (it knows the probabilities in advance)"),
             (_greedy_value(k, n), "the greedy strategy's value: you never look beyond one pull"),
             (BayesOptimal(k, n - 1).value if n > 1 else None, "one pull too few"),
