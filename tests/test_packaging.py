@@ -10,7 +10,7 @@ else:  # Python 3.10: pip vendors the same parser
     from pip._vendor import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_NAMES = {"pytorch": "torch"}
+CONDA_NAMES = {"pytorch": "torch", "jupyter_client": "jupyter-client"}
 NOT_PACKAGES = {"python", "pip"}
 
 
@@ -70,3 +70,54 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     first_block = readme.split("```")[1]
     assert "make lab" in first_block and "make test" in first_block
+
+
+def _imported_distributions() -> dict[str, set[str]]:
+    """Third-party distributions the package imports (anywhere, lazily or not) -> files."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    owners = packages_distributions()
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / "mlcourse").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names):
+                for dist in owners.get(top, []) if top != "mlcourse" else []:
+                    found.setdefault(_name(dist), set()).add(path.name)
+    return found
+
+
+def _requirements_of(names: set[str]) -> set[str]:
+    """``names`` and everything they require, transitively (extras left out)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    seen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            reqs = requires(name) or []
+        except PackageNotFoundError:
+            continue
+        todo += [_name(r) for r in reqs if "extra ==" not in r]
+    return seen
+
+
+def test_everything_the_package_imports_comes_without_dev_extras():
+    """`pip install mlcourse` alone runs every command, `mlcourse grade` and `release`
+    included: what the package imports is a core dependency or installed by one, and the
+    notebook machinery it drives (nbformat, nbclient, jupyter_client, ipykernel) is declared."""
+    core = {_name(r) for r in pyproject()["project"]["dependencies"]}
+    imported = _imported_distributions()
+    missing = {d: f for d, f in imported.items() if d not in _requirements_of(core)}
+    assert not missing, f"imported but not installed by the core dependencies: {missing}"
+    for name in ("nbformat", "nbclient", "jupyter-client", "ipykernel"):
+        assert name in core and name in imported, name
