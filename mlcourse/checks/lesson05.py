@@ -334,7 +334,9 @@ def bayes_optimal_value(fn: Callable) -> str:
                 )
         raise Fail(
             f"for {k} arms and {n} pulls you return {got:.6f}, expected {expected:.6f}",
-            "recurse over the counts (s, f) of every arm; memoise with functools.lru_cache",
+            "recurse over the counts (s, f) of every arm, with p = (1 + s)/(2 + s + f) (the "
+            "posterior mean under the uniform prior) and the max over arms; memoise with "
+            "functools.cache",
         )
     return "the Bayes-optimal value matches exact dynamic programming for " + ", ".join(
         f"k={k} n={n}" for k, n in CASES
