@@ -81,6 +81,17 @@ def input_raw_obs(obs, prev_action, prev_reward, prev_done, num_states, num_acti
     return torch.cat([obs.float()[:, None], x[:, num_states:]], 1)
 
 
+def input_done_clears_action(obs, prev_action, prev_reward, prev_done, num_states, num_actions):
+    """Treats the end of an episode like the start of a trial: no previous action."""
+    x = input_ok(obs, prev_action, prev_reward, prev_done, num_states, num_actions)
+    x[prev_done, num_states : num_states + num_actions] = 0.0
+    return x
+
+
+def input_hard_coded_sizes(obs, prev_action, prev_reward, prev_done, num_states, num_actions):
+    return input_ok(obs, prev_action, prev_reward, prev_done, 4, 3)
+
+
 @pytest.mark.parametrize("answer", [input_ok, input_by_hand])
 def test_rl2_input_accepts_right_answers(answer):
     result = lesson06.rl2_input(answer)
@@ -100,11 +111,13 @@ def test_rl2_input_accepts_right_answers(answer):
         (input_action_first, "before the observation"),
         (input_float64, "dtype"),
         (input_raw_obs, "shape"),
+        (input_done_clears_action, "zeroed where prev_done is set"),
+        (input_hard_coded_sizes, "raised RuntimeError"),
     ],
 )
 def test_rl2_input_rejects_wrong_answers(answer, words):
     result = lesson06.rl2_input(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message
 
 
@@ -173,6 +186,28 @@ def adv_float32(rewards, values, gamma, lam):
     return adv_ok(rewards, values, gamma, lam).float()
 
 
+def adv_loop_stops_early(rewards, values, gamma, lam):
+    """`range(T - 1, 0, -1)`: t = 0 is never computed."""
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    next_value = torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0] - 1, 0, -1):
+        delta = rewards[t] + gamma * next_value - values[t]
+        running = delta + gamma * lam * running
+        advantages[t] = running
+        next_value = values[t]
+    return advantages
+
+
+def adv_normalised(rewards, values, gamma, lam):
+    a = adv_ok(rewards, values, gamma, lam)
+    return (a - a.mean()) / a.std()
+
+
+def adv_gamma_lam_swapped(rewards, values, gamma, lam):
+    return adv_ok(rewards, values, lam, gamma)
+
+
 def test_trial_advantages_accepts_the_reference():
     result = lesson06.trial_advantages(adv_ok)
     assert result.passed, result.message
@@ -191,11 +226,14 @@ def test_trial_advantages_accepts_the_reference():
         (adv_wrong_axis, "shape"),
         (adv_in_place, "in place"),
         (adv_float32, "dtype"),
+        (adv_loop_stops_early, "one step early"),
+        (adv_normalised, "normalised"),
+        (adv_gamma_lam_swapped, "swapped"),
     ],
 )
 def test_trial_advantages_rejects_wrong_answers(answer, words):
     result = lesson06.trial_advantages(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message
 
 
@@ -203,7 +241,15 @@ def test_trial_advantages_rejects_wrong_answers(answer, words):
 # fixed_collect_trials
 
 
-def make_collector(*, reset_at_episodes=False, leak=False, no_carry=False, stale_done=False):
+def make_collector(
+    *,
+    reset_at_episodes=False,
+    leak=False,
+    no_carry=False,
+    stale_done=False,
+    masked_reset=False,
+    done_from_terminated=False,
+):
     carried = {}
 
     def collect(policy, envs, seed):
@@ -217,6 +263,8 @@ def make_collector(*, reset_at_episodes=False, leak=False, no_carry=False, stale
             for _ in range(envs.episode_length * envs.num_episodes):
                 if reset_at_episodes and prev_done.any():
                     hidden = policy.initial_state(n)
+                if masked_reset:  # zeroes the memory of the trials whose episode just ended
+                    hidden = hidden * (~prev_done).float()[None, :, None]
                 x = rl2_inputs(
                     obs,
                     prev_action,
@@ -229,12 +277,14 @@ def make_collector(*, reset_at_episodes=False, leak=False, no_carry=False, stale
                 hidden = new_hidden
                 dist = torch.distributions.Categorical(logits=logits[0])
                 action = dist.sample()
-                obs, reward, _, _, info = envs.step(action)
+                obs, reward, terminated, _, info = envs.step(action)
                 inputs.append(x)
                 actions.append(action)
                 logps.append(dist.log_prob(action))
                 prev_action, prev_reward = action, reward
-                if not stale_done:
+                if done_from_terminated:
+                    prev_done = terminated
+                elif not stale_done:
                     prev_done = info["episode_end"]
         carried["h"] = hidden
         return torch.stack(inputs), torch.stack(actions), torch.stack(logps)
@@ -264,9 +314,11 @@ def test_fixed_collect_trials_accepts_the_fix():
         (make_collector(no_carry=True), "carry the hidden state"),
         (make_collector(stale_done=True), "recorded inputs"),
         (collect_list, "tuple"),
+        (make_collector(masked_reset=True), "reset at episode boundaries"),
+        (make_collector(done_from_terminated=True), "in the done flag, first at step 3"),
     ],
 )
 def test_fixed_collect_trials_rejects_wrong_answers(answer, words):
     result = lesson06.fixed_collect_trials(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message + (result.hint or ""), result.message

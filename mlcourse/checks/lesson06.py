@@ -27,9 +27,12 @@ __all__ = ["fixed_collect_trials", "rl2_input", "trial_advantages"]
 # rl2_input
 
 
+INPUT_SIZES = [(7, 4, 3), (5, 3, 5)]  # (num_trials, num_states, num_actions) of each case
+
+
 def _input_batch(seed: int):
     gen = torch.Generator().manual_seed(seed)
-    n, states, actions = 7, 4, 3
+    n, states, actions = INPUT_SIZES[seed]
     obs = torch.randint(states, (n,), generator=gen)
     prev_action = torch.randint(-1, actions, (n,), generator=gen)
     prev_action[0] = -1
@@ -61,7 +64,17 @@ def _input_variants(obs, prev_action, prev_reward, prev_done, states, actions) -
         "the previous action comes before the observation": torch.cat(
             [right[:, s:a], right[:, :s], right[:, a:]], 1
         ),
+        "the action one-hot is zeroed where prev_done is set: an episode's end inside a trial "
+        "still has a previous action; only prev_action = −1 (the trial's start) has none": (
+            _zero_actions(right, prev_done, s, a)
+        ),
     }
+
+
+def _zero_actions(inputs: Tensor, where: Tensor, start: int, stop: int) -> Tensor:
+    out = inputs.clone()
+    out[where, start:stop] = 0.0
+    return out
 
 
 @check(LESSON, points=1)
@@ -89,7 +102,14 @@ def rl2_input(fn: Callable) -> str:
                         "concatenate [one_hot(obs), one_hot(prev_action) (zeros if −1), "
                         "prev_reward, prev_done] along the last dimension",
                     )
-        expect_tensor(got, expected, "the RL² input")
+        try:
+            expect_tensor(got, expected, "the RL² input")
+        except Fail as fail:
+            fail.hint = fail.hint or (
+                "float32 [one_hot(obs, num_states), one_hot(prev_action, num_actions) (zeros "
+                "where prev_action = −1), prev_reward, prev_done] along dim 1"
+            )
+            raise
     return (
         "[one-hot observation, one-hot previous action (zero at a trial's start), previous "
         "reward, done flag] matches mlcourse.rl2.rl2_inputs"
@@ -125,7 +145,18 @@ def _advantage_variants(rewards, values, gamma, lam) -> dict:
         "time runs the wrong way: the recursion must go backwards from the end of the trial": (
             recurse(gamma * lam).flip(0)
         ),
+        "the first step (t = 0) is never filled in: the backward loop stops one step early": (
+            torch.cat([torch.zeros_like(rewards[:1]), recurse(gamma * lam)[1:]])
+        ),
+        "the advantages are normalised (mean 0, standard deviation 1): return them raw; PPO "
+        "normalises its minibatches itself": _normalised(recurse(gamma * lam)),
+        "γ and λ are swapped: γ discounts the next value in δ_t, and the recursion multiplies "
+        "by γλ": gae(rewards, values, gamma=lam, lam=gamma),
     }
+
+
+def _normalised(x: Tensor) -> Tensor:
+    return (x - x.mean()) / x.std()
 
 
 @check(LESSON, points=2)
@@ -139,7 +170,10 @@ def trial_advantages(fn: Callable) -> str:
         before = (rewards.clone(), values.clone())
         got = fn(rewards, values, gamma, lam)
         if not (torch.equal(rewards, before[0]) and torch.equal(values, before[1])):
-            raise Fail("your function modified `rewards` or `values` in place")
+            raise Fail(
+                "your function modified `rewards` or `values` in place",
+                "write into a new tensor, e.g. advantages = torch.zeros_like(rewards)",
+            )
         expected = gae(rewards, values, gamma=gamma, lam=lam)
         if isinstance(got, Tensor) and (got.shape, got.dtype) == (expected.shape, expected.dtype):
             if not torch.allclose(got, expected, atol=1e-9):
@@ -150,7 +184,14 @@ def trial_advantages(fn: Callable) -> str:
                             "δ_t = r_t + γ V_{t+1} − V_t (V_T = 0), A_t = δ_t + γλ A_{t+1}, from "
                             "t = T − 1 down to 0",
                         )
-        expect_tensor(got, expected, "the advantages", atol=1e-9, rtol=1e-9)
+        try:
+            expect_tensor(got, expected, "the advantages", atol=1e-9, rtol=1e-9)
+        except Fail as fail:
+            fail.hint = fail.hint or (
+                "δ_t = r_t + γ V_{t+1} − V_t (V_T = 0), A_t = δ_t + γλ A_{t+1}, from t = T − 1 "
+                "down to 0, time along dim 0"
+            )
+            raise
     return "GAE over whole trials matches mlcourse.rl.returns.gae (two settings of γ and λ)"
 
 
@@ -194,6 +235,26 @@ def _replay(policy: RL2Policy, make_envs, seed: int, actions: Tensor) -> tuple[T
     return inputs, logp
 
 
+def _diagnose_inputs(inputs, want: Tensor) -> None:
+    """Names the part of the recorded inputs that differs from what the environment produced."""
+    if not isinstance(inputs, Tensor) or inputs.shape != want.shape:
+        return
+    parts = [
+        ("the one-hot observation", slice(0, 4), "obs comes from envs.reset, then from envs.step"),
+        ("the one-hot previous action", slice(4, 7), "prev_action = the action just taken"),
+        ("the previous reward", slice(7, 8), "prev_reward = the reward envs.step returned"),
+        ("the done flag", slice(8, 9), "prev_done = info['episode_end'] (not terminated)"),
+    ]
+    for what, cols, source in parts:
+        bad = ~torch.isclose(inputs[..., cols].float(), want[..., cols]).all(-1).all(-1)
+        if bad.any():
+            raise Fail(
+                f"the recorded inputs differ from what the environment produced in {what}, "
+                f"first at step {int(bad.nonzero()[0])}",
+                f"keep the given code's bookkeeping: {source}",
+            )
+
+
 @check(LESSON, points=2)
 def fixed_collect_trials(fn: Callable) -> str:
     """Checks ``fn(policy, envs, seed) -> (inputs, actions, logp)`` on random MDPs with 3
@@ -205,15 +266,26 @@ def fixed_collect_trials(fn: Callable) -> str:
     for seed in (11, 12):
         out = fn(policy, make_envs(), seed)
         if not (isinstance(out, tuple) and len(out) == 3):
-            raise Fail("return a tuple (inputs, actions, logp) as the given code does")
+            raise Fail(
+                "return a tuple (inputs, actions, logp) as the given code does",
+                "keep the given code's return statement: three stacked tensors",
+            )
         inputs, actions, logp = out
         if not isinstance(actions, Tensor) or actions.shape != (9, 32):
             shape = tuple(actions.shape) if isinstance(actions, Tensor) else type(actions)
-            raise Fail(f"actions should be (T, num_trials) = (9, 32), got {shape}")
+            raise Fail(
+                f"actions should be (T, num_trials) = (9, 32), got {shape}",
+                "one step per loop iteration over episode_length * num_episodes steps, stacked "
+                "along dim 0",
+            )
         want_inputs, want_logp = _replay(policy, make_envs, seed, actions.long())
+        _diagnose_inputs(inputs, want_inputs)
         expect_tensor(inputs, want_inputs, "the recorded inputs")
         if not isinstance(logp, Tensor) or logp.shape != want_logp.shape:
-            raise Fail("logp should be a (T, num_trials) tensor of log-probabilities")
+            raise Fail(
+                "logp should be a (T, num_trials) tensor of log-probabilities",
+                "record dist.log_prob(action) at every step and stack them",
+            )
         bad = ~torch.isclose(logp, want_logp, atol=1e-4).all(1)
         if bad.any():
             first = int(bad.nonzero()[0])
