@@ -52,6 +52,17 @@ def loss_per_trajectory(logp, returns):
     return -(logp * returns.detach()).sum(0)
 
 
+def loss_axes_swapped(logp, returns):
+    """Sums over the trajectories (dim 1) and averages over time (dim 0)."""
+    return -(logp * returns.detach()).sum(1).mean()
+
+
+def loss_baseline(logp, returns):
+    """Subtracts the mean return: a valid baseline for the gradient, but not the loss asked."""
+    r = returns.detach()
+    return -(logp * (r - r.mean())).sum(0).mean()
+
+
 def test_reinforce_loss_accepts_the_reference():
     result = lesson07.reinforce_loss(loss_ok)
     assert result.passed, result.message
@@ -69,11 +80,13 @@ def test_reinforce_loss_accepts_the_reference():
         (loss_detached_logp, "no gradient"),
         (loss_rewards, "expected"),
         (loss_per_trajectory, "scalar"),
+        (loss_axes_swapped, "sums over dim 1"),
+        (loss_baseline, "expected"),
     ],
 )
 def test_reinforce_loss_rejects_wrong_answers(answer, words):
     result = lesson07.reinforce_loss(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message
 
 
@@ -109,7 +122,26 @@ def box_wrong_scale(x):
     return torch.exp(2 * (x - x.detach()))
 
 
-@pytest.mark.parametrize("answer", [box_ok])
+def box_of_the_sum(x):
+    """One box for the whole tensor: right only when x holds one number."""
+    return torch.exp(x.sum() - x.sum().detach())
+
+
+def box_mean(x):
+    return torch.exp(x - x.detach()).mean()
+
+
+def box_shared_detach(x):
+    """Subtracts the mean of the detached x: 1 only where x equals its mean."""
+    return torch.exp(x - x.detach().mean())
+
+
+def box_exp_ratio(x):
+    """Also right: exp(x) / exp(x).detach()."""
+    return torch.exp(x) / torch.exp(x).detach()
+
+
+@pytest.mark.parametrize("answer", [box_ok, box_exp_ratio])
 def test_magic_box_accepts_the_reference(answer):
     result = lesson07.magic_box(answer)
     assert result.passed, result.message
@@ -124,11 +156,14 @@ def test_magic_box_accepts_the_reference(answer):
         (box_linear, "1 + x − x.detach()"),
         (box_detached, "no gradient"),
         (box_wrong_scale, "should be ☐·x'"),
+        (box_of_the_sum, "must be shaped like x"),
+        (box_mean, "must be shaped like x"),
+        (box_shared_detach, "not 1 in every entry"),
     ],
 )
 def test_magic_box_rejects_wrong_answers(answer, words):
     result = lesson07.magic_box(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message
 
 
@@ -176,6 +211,10 @@ def step_list(objective, params, inner_lr):
     return list(step_ok(objective, params, inner_lr).values())
 
 
+def step_hard_coded_lr(objective, params, inner_lr):
+    return step_ok(objective, params, 0.1)
+
+
 def test_policy_inner_step_accepts_the_reference():
     result = lesson07.policy_inner_step(step_ok)
     assert result.passed, result.message
@@ -189,11 +228,12 @@ def test_policy_inner_step_accepts_the_reference():
         (step_first_order, "first order"),
         (step_detached, "does not depend on θ"),
         (step_in_place, "in place"),
-        (step_wrong_lr, "differs from the reference"),
+        (step_wrong_lr, "ascent step of size 0.2, but inner_lr = 0.1"),
         (step_list, "return a dict"),
+        (step_hard_coded_lr, "ascent step of size 0.1, but inner_lr = 0.03"),
     ],
 )
 def test_policy_inner_step_rejects_wrong_answers(answer, words):
     result = lesson07.policy_inner_step(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message

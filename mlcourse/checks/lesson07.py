@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mlcourse.checks._core import Fail, check, expect_tensor, probe
+from mlcourse.checks._core import Fail, check, expect_tensor, probe, step_scale
 
 LESSON = "07_maml_rl"
 
@@ -43,6 +43,11 @@ def reinforce_loss(fn: Callable) -> str:
             "the loss should be a scalar tensor",
             "sum over time (dim 0), then average over trajectories",
         )
+    if got.dtype != expected.dtype:
+        raise Fail(
+            f"the loss has dtype {got.dtype}, expected {expected.dtype}",
+            "compute it from logp and returns as they are: no .float() or torch.tensor(...)",
+        )
     value, want = got.item(), expected.item()
     wrong = {
         "the sign is flipped: minimising this loss would lower the return": -want,
@@ -53,12 +58,18 @@ def reinforce_loss(fn: Callable) -> str:
         "it weights every step by the whole trajectory's return G_0, not by G_t": (
             -(logp.sum(0) * returns[0]).mean().item()
         ),
+        "it sums over dim 1 and averages over dim 0: time runs along dim 0 (T = 6 steps), the "
+        "trajectories along dim 1 (N = 4)": -(logp * returns).sum(1).mean().item(),
     }
     if abs(value - want) > 1e-9:
         for what, v in wrong.items():
             if abs(value - v) < 1e-9:
                 raise Fail(what, "loss = −(logp * returns).sum(0).mean()")
-        raise Fail(f"the loss is {value:.6f}, expected {want:.6f}")
+        raise Fail(
+            f"the loss is {value:.6f}, expected {want:.6f}",
+            "loss = −(logp * returns.detach()).sum(0).mean(): the returns as they are (no "
+            "baseline, no normalisation), summed over time, averaged over trajectories",
+        )
     if got.grad_fn is None:
         raise Fail(
             "the loss has no gradient: it must keep logp's graph",
@@ -84,13 +95,16 @@ def reinforce_loss(fn: Callable) -> str:
 @check(LESSON, points=2)
 def magic_box(fn: Callable) -> str:
     """Checks ``fn(x) -> ☐(x)``: value 1, first derivative ☐(x)·x', second derivative
-    ☐(x)(x'² + x''), on x = 2·t² at a few points."""
+    ☐(x)(x'² + x''), on x = 2·t² at a few points, then elementwise on a (2, 3) tensor."""
     for t0 in (0.3, -1.2):
         t = torch.tensor(t0, dtype=torch.float64, requires_grad=True)
         x = 2 * t**2  # x' = 4t, x'' = 4
         y = fn(x)
         if not isinstance(y, Tensor):
-            raise Fail(f"expected a tensor, got {type(y).__name__}")
+            raise Fail(
+                f"expected a tensor, got {type(y).__name__}",
+                "return torch.exp(x - x.detach()), a tensor shaped like x",
+            )
         if abs(y.item() - 1.0) > 1e-12:
             hint = "☐(x) = exp(x − x.detach()) evaluates to exactly 1"
             if abs(y.item() - torch.exp(x).item()) < 1e-9:
@@ -103,7 +117,10 @@ def magic_box(fn: Callable) -> str:
             )
         (g,) = torch.autograd.grad(y, t, create_graph=True)
         if abs(g.item() - 4 * t0) > 1e-9:
-            raise Fail(f"d☐/dt should be ☐·x' = {4 * t0:.3f}, got {g.item():.6f}")
+            raise Fail(
+                f"d☐/dt should be ☐·x' = {4 * t0:.3f}, got {g.item():.6f}",
+                "☐(x) = exp(x − x.detach()): its derivative is ☐(x)·x', with ☐(x) = 1",
+            )
         if g.grad_fn is None:
             raise Fail(
                 "the first derivative is right but has no second derivative: 1 + x − x.detach() "
@@ -119,8 +136,52 @@ def magic_box(fn: Callable) -> str:
                     "derivative but drops the (x')² term",
                     "use exp(x − x.detach()): d²☐/dt² = ☐ (x'² + x'')",
                 )
-            raise Fail(f"d²☐/dt² should be ☐ (x'² + x'') = {want:.3f}, got {h.item():.6f}")
-    return "☐(x) = 1 with first and second derivatives ☐x' and ☐(x'² + x''), as DiCE needs"
+            raise Fail(
+                f"d²☐/dt² should be ☐ (x'² + x'') = {want:.3f}, got {h.item():.6f}",
+                "☐(x) = exp(x − x.detach()): one detach, inside the exponential",
+            )
+    _magic_box_elementwise(fn)
+    return (
+        "☐(x) = 1 with first and second derivatives ☐x' and ☐(x'² + x''), as DiCE needs, "
+        "elementwise on a (2, 3) tensor too"
+    )
+
+
+def _magic_box_elementwise(fn: Callable) -> None:
+    """On a (2, 3) tensor: ☐ applies to every entry on its own, keeping x's shape."""
+    t = torch.tensor([[0.3, -1.2, 0.8], [-0.5, 1.1, 0.05]], dtype=torch.float64)
+    t.requires_grad_()
+    x = 2 * t**2
+    y = fn(x)
+    if not isinstance(y, Tensor) or y.shape != x.shape:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise Fail(
+            f"☐(x) of a {tuple(x.shape)} tensor has shape {shape}: it must be shaped like x",
+            "apply the box to every entry: exp(x − x.detach()), with no sum, mean or product",
+        )
+    if not torch.allclose(y.detach(), torch.ones_like(x), atol=1e-12):
+        raise Fail(
+            "☐(x) of a (2, 3) tensor is not 1 in every entry",
+            "subtract each entry's own detached value: exp(x − x.detach())",
+        )
+    if y.grad_fn is None:
+        raise Fail(
+            "☐(x) of a (2, 3) tensor has no gradient",
+            "exp(x − x.detach()) is 1 in value but carries x's gradient",
+        )
+    (g,) = torch.autograd.grad(y.sum(), t, create_graph=True)
+    if not torch.allclose(g, 4 * t, atol=1e-9):
+        raise Fail(
+            "on a (2, 3) tensor, each entry of ☐(x) should depend on its own entry of x only "
+            "(d☐ᵢ/dtᵢ = xᵢ')",
+            "exp(x − x.detach()) entry by entry: no sum or mean of x inside the box",
+        )
+    (h,) = torch.autograd.grad(g.sum(), t)
+    if not torch.allclose(h, (4 * t) ** 2 + 4, atol=1e-9):
+        raise Fail(
+            "on a (2, 3) tensor, the second derivatives of ☐(x) are not ☐ (x'² + x'')",
+            "exp(x − x.detach()) entry by entry",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,10 +205,20 @@ def _objective_problem(seed: int):
 @check(LESSON, points=2)
 def policy_inner_step(fn: Callable) -> str:
     """Checks ``fn(objective, params, inner_lr) -> dict``: one gradient *ascent* step
-    θ' = θ + α ∇J(θ) that stays differentiable in θ (second order)."""
-    objective, params = _objective_problem(0)
+    θ' = θ + α ∇J(θ) that stays differentiable in θ (second order), on two problems with two
+    step sizes."""
+    for seed, inner_lr in ((0, 0.1), (1, 0.03)):
+        _policy_step_case(fn, seed, inner_lr)
+    return (
+        "θ' = θ + α∇J(θ) matches (α = 0.1 and 0.03), leaves θ untouched, and carries the "
+        "second-order meta-gradient"
+    )
+
+
+def _policy_step_case(fn: Callable, seed: int, lr: float) -> None:
+    objective, params = _objective_problem(seed)
     before = {n: p.detach().clone() for n, p in params.items()}
-    got = fn(objective, params, 0.1)
+    got = fn(objective, params, lr)
     if any(not torch.equal(p.detach(), before[n]) for n, p in params.items()):
         raise Fail("your step modified params in place", "return new tensors: {n: p + ...}")
     if not isinstance(got, dict) or set(got) != set(params):
@@ -156,15 +227,28 @@ def policy_inner_step(fn: Callable) -> str:
             "{name: p + inner_lr * g for (name, p), g in zip(params.items(), grads)}",
         )
     grads = torch.autograd.grad(objective(params), list(params.values()), create_graph=True)
-    expected = {n: p + 0.1 * g for (n, p), g in zip(params.items(), grads, strict=True)}
-    descent = {n: p - 0.1 * g for (n, p), g in zip(params.items(), grads, strict=True)}
+    expected = {n: p + lr * g for (n, p), g in zip(params.items(), grads, strict=True)}
+    descent = {n: p - lr * g for (n, p), g in zip(params.items(), grads, strict=True)}
     if all(torch.allclose(got[n].detach(), descent[n].detach()) for n in params):
         raise Fail(
             "this is a descent step: the inner loop of RL *maximises* the expected return",
             "θ' = θ + inner_lr · ∇J(θ)",
         )
+    scale = step_scale(got, params, dict(zip(params, grads, strict=True)), atol=1e-10)
+    if scale is not None and abs(scale - lr) > 1e-9 * max(1.0, abs(lr)):
+        raise Fail(
+            f"this is an ascent step of size {scale:.4g}, but inner_lr = {lr:g}",
+            "use the inner_lr argument itself: θ' = θ + inner_lr · ∇J(θ)",
+        )
     for n in params:
-        expect_tensor(got[n].detach(), expected[n].detach(), f"θ'['{n}']", atol=1e-10)
+        try:
+            expect_tensor(got[n].detach(), expected[n].detach(), f"θ'['{n}']", atol=1e-10)
+        except Fail as fail:
+            fail.hint = fail.hint or (
+                "θ' = θ + inner_lr · ∇J(θ), with ∇J from torch.autograd.grad(objective(params), "
+                "list(params.values()), create_graph=True)"
+            )
+            raise
     meta = probe(got)
     if meta.grad_fn is None:
         raise Fail(
@@ -174,17 +258,26 @@ def policy_inner_step(fn: Callable) -> str:
     want = probe(expected)
     g_got = torch.autograd.grad(meta, list(params.values()), allow_unused=True)
     g_want = torch.autograd.grad(want, list(params.values()))
-    first = {n: p + 0.1 * g.detach() for (n, p), g in zip(params.items(), grads, strict=True)}
+    first = {n: p + lr * g.detach() for (n, p), g in zip(params.items(), grads, strict=True)}
     f = probe(first)
     g_first = torch.autograd.grad(f, list(params.values()))
     for name, a, b, c in zip(params, g_got, g_want, g_first, strict=True):
         if a is None:
-            raise Fail(f"the meta-gradient does not reach params['{name}']")
+            raise Fail(
+                f"the meta-gradient does not reach params['{name}']",
+                "step every tensor of params, from params itself (not a detached copy)",
+            )
         if not torch.allclose(a, b, atol=1e-9) and torch.allclose(a, c, atol=1e-9):
             raise Fail(
                 "the step is first order: its gradient was computed without create_graph=True, "
                 "so the meta-gradient misses the second-order terms",
                 "torch.autograd.grad(J, params, create_graph=True)",
             )
-        expect_tensor(a, b, f"the meta-gradient for params['{name}']", atol=1e-9)
-    return "θ' = θ + α∇J(θ) matches, leaves θ untouched, and carries the second-order meta-gradient"
+        try:
+            expect_tensor(a, b, f"the meta-gradient for params['{name}']", atol=1e-9)
+        except Fail as fail:
+            fail.hint = fail.hint or (
+                "θ' = p + inner_lr * g with p the tensor in params (not detached) and g from "
+                "create_graph=True"
+            )
+            raise
