@@ -22,6 +22,7 @@ would write.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -39,7 +40,11 @@ KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "nam
 
 
 def badge_source(path: str) -> str:
-    """The badge cell of the notebook at ``path`` (relative to the repository root)."""
+    """The badge cell of the notebook at ``path`` (relative to the repository root). A
+    solution's badge opens its exercise: nbgrader's student version is made from the
+    solution and keeps its cells, and no student-facing notebook may link to a solution."""
+    if path.startswith("solutions/"):
+        path = "exercises/" + path[len("solutions/") :]
     image = "https://colab.research.google.com/assets/colab-badge.svg"
     return f"[![Open In Colab]({image})]({course.colab_url(path)})"
 
@@ -181,12 +186,39 @@ def add_nbgrader(nb, path: str):
     return nb
 
 
+def nbgrader_checksum(cell) -> str:
+    """The checksum ``nbgrader generate_assignment`` stores in a cell's metadata (its
+    ``compute_checksum``: md5 of the source, the cell type, whether the cell is graded, a
+    solution and locked, its ``grade_id`` and, for a graded cell, its points as a float)."""
+    meta = cell.metadata["nbgrader"]
+    grade, solution = bool(meta.get("grade")), bool(meta.get("solution"))
+    locked = False if solution else (True if grade else bool(meta.get("locked")))
+    parts = [cell.source, cell.cell_type, str(grade), str(solution), str(locked)]
+    parts.append(meta["grade_id"])
+    if grade:
+        parts.append(str(float(meta["points"])))
+    md5 = hashlib.md5(usedforsecurity=False)
+    for part in parts:
+        md5.update(part.encode("utf-8"))
+    return md5.hexdigest()
+
+
 def make_exercise(solution_nb, path: str):
-    """The exercise notebook at ``path`` generated from a (stamped) solution notebook."""
+    """The exercise notebook at ``path`` generated from a (stamped) solution notebook, with
+    the metadata ``nbgrader generate_assignment`` gives its student version: every nbgrader
+    cell undeletable, with its cell type and checksum; check cells also read-only."""
     nb = stamp(solution_nb, path)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             cell.source = strip_solutions(cell.source, f"{path} cell {i}")
+        meta = cell.metadata.get("nbgrader")
+        if meta is None:
+            continue
+        meta["cell_type"] = cell.cell_type
+        meta["checksum"] = nbgrader_checksum(cell)
+        cell.metadata["deletable"] = False
+        if meta.get("grade") and not meta.get("solution"):
+            cell.metadata["editable"] = False
     return nb
 
 
