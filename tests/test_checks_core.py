@@ -99,11 +99,38 @@ def test_nothing_is_written_outside_the_grader(registry, tmp_path, monkeypatch):
 
 
 def test_under_nbgrader_a_failed_check_raises(registry, monkeypatch):
+    """nbgrader scores a grade cell by its errors, and takes a returned value for partial
+    credit: a passing check returns nothing (its result is displayed), a failing one raises."""
     monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
     doubles = _make_checks()
-    assert doubles(lambda x: 2 * x).passed
+    assert doubles(lambda x: 2 * x) is None and _core.RESULTS[-1].passed
     with pytest.raises(AssertionError, match="fn\\(3\\) returned 4"):
         doubles(lambda x: x + 1)
+
+
+def test_under_nbgrader_the_learners_warnings_and_stderr_stay_out_of_the_cell(
+    registry, monkeypatch, capsys
+):
+    import sys
+    import warnings
+
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    doubles = _make_checks()
+
+    def noisy(x):
+        warnings.warn("an old API", UserWarning, stacklevel=1)
+        print("debugging", file=sys.stderr)
+        return 2 * x
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning that escaped would raise here
+        assert doubles(noisy) is None
+    assert capsys.readouterr().err == ""
+    result = _core.RESULTS[-1]
+    assert result.passed and "UserWarning: an old API" in result.message
+    monkeypatch.delenv("NBGRADER_EXECUTION")
+    with pytest.warns(UserWarning, match="an old API"):  # elsewhere the learner sees it
+        assert doubles(noisy).passed
 
 
 def test_expect_tensor_never_broadcasts():

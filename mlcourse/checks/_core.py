@@ -8,10 +8,13 @@ records it for the grader, and never lets the learner's exception crash the kern
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import os
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -93,9 +96,12 @@ def check(lesson: str, points: float = 1.0) -> Callable:
     """Declares an exercise check belonging to ``lesson`` (e.g. ``"02_maml"``) worth ``points``.
 
     The decorated body raises :class:`Fail` or returns what it verified. Calling the check
-    never raises (except under nbgrader's autograder, where a failed check raises
-    ``AssertionError`` so that nbgrader gives the cell no points): the learner's exceptions
-    become a ❌ result, and ``NotImplementedError`` becomes "not implemented yet".
+    returns the :class:`CheckResult` and never raises: the learner's exceptions become a ❌
+    result, and ``NotImplementedError`` becomes "not implemented yet". Under nbgrader
+    (``NBGRADER_EXECUTION`` set) the check displays the result and returns None, keeps the
+    learner's warnings and stderr out of the cell (nbgrader gives a cell that writes to stderr
+    no points) and names them in the message, and raises ``AssertionError`` when it fails, which
+    is how nbgrader scores a grade cell.
     """
 
     def decorate(body: Callable[..., str]) -> Callable[..., CheckResult]:
@@ -103,31 +109,64 @@ def check(lesson: str, points: float = 1.0) -> Callable:
         REGISTRY[name] = {"lesson": lesson, "points": points}
 
         @functools.wraps(body)
-        def run(*args, **kwargs) -> CheckResult:
+        def run(*args, **kwargs) -> CheckResult | None:
             hint = None
-            try:
-                message = body(*args, **kwargs)
-                passed = True
-            except NotImplementedError:
-                passed, message = False, "not implemented yet"
-                hint = "replace `raise NotImplementedError()` with your code, then run this again"
-            except Fail as fail:
-                passed, message, hint = False, fail.message, fail.hint
-            except Exception as err:  # the learner's code raised: report, do not crash
-                passed = False
-                message = f"your code raised {type(err).__name__}: {err}"
-                hint = "the last lines of the traceback: " + _where(err)
+            nbgrader = os.environ.get(NBGRADER_ENV) in ("autograde", "validate")
+            with _quiet(nbgrader) as noise:
+                try:
+                    message = body(*args, **kwargs)
+                    passed = True
+                except NotImplementedError:
+                    passed, message = False, "not implemented yet"
+                    hint = (
+                        "replace `raise NotImplementedError()` with your code, then run this again"
+                    )
+                except Fail as fail:
+                    passed, message, hint = False, fail.message, fail.hint
+                except Exception as err:  # the learner's code raised: report, do not crash
+                    passed = False
+                    message = f"your code raised {type(err).__name__}: {err}"
+                    hint = "the last lines of the traceback: " + _where(err)
+            if noise:
+                message += f" (while it ran, your code wrote to stderr: {noise[0][:200]})"
             result = CheckResult(
                 name, lesson, passed, message, hint, points if passed else 0.0, points
             )
             record(result)
-            if not passed and os.environ.get(NBGRADER_ENV) in ("autograde", "validate"):
-                raise AssertionError(str(result))  # nbgrader scores a grade cell by its error
-            return result
+            if not nbgrader:
+                return result
+            # nbgrader scores a grade cell by its errors and reads a returned value as partial
+            # credit: show the result, return nothing, and fail the cell when the check fails
+            from IPython.display import display
+
+            display(result)
+            if not passed:
+                raise AssertionError(str(result))
+            return None
 
         return run
 
     return decorate
+
+
+@contextlib.contextmanager
+def _quiet(active: bool):
+    """Under nbgrader, which gives a grade cell no points when it writes to stderr, keeps the
+    warnings and stderr output of the learner's code out of the cell and yields them (as a
+    list of strings, filled on exit) for the result's message; elsewhere it does nothing."""
+    noise: list[str] = []
+    if not active:
+        yield noise
+        return
+    buffer = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(buffer):
+        warnings.simplefilter("always")
+        try:
+            yield noise
+        finally:
+            noise += [f"{w.category.__name__}: {w.message}" for w in caught]
+            if buffer.getvalue().strip():
+                noise.append(buffer.getvalue().strip())
 
 
 def probe(params: dict) -> torch.Tensor:
