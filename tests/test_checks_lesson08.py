@@ -46,6 +46,15 @@ def target_with_grad(rewards, dones, q1, q2, gamma):
     return rewards + gamma * (1 - dones) * torch.minimum(q1, q2)
 
 
+def target_hard_coded_gamma(rewards, dones, q1, q2, gamma):
+    return target_ok(rewards, dones, q1, q2, 0.9)
+
+
+def target_done_cancels_reward(rewards, dones, q1, q2, gamma):
+    with torch.no_grad():
+        return (1 - dones) * (rewards + gamma * torch.minimum(q1, q2))
+
+
 def test_td3_target_accepts_the_reference():
     result = lesson08.td3_target(target_ok)
     assert result.passed, result.message
@@ -61,11 +70,13 @@ def test_td3_target_accepts_the_reference():
         (target_q1, "first critic only"),
         (target_no_gamma, "discount"),
         (target_with_grad, "carries a gradient"),
+        (target_hard_coded_gamma, "discount used is 0.9, not the gamma = 0.97"),
+        (target_done_cancels_reward, "cancels the last reward"),
     ],
 )
 def test_td3_target_rejects_wrong_answers(answer, words):
     result = lesson08.td3_target(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message
 
 
@@ -96,6 +107,10 @@ def soft_moves_source(target, source, tau):
     return {n: (1 - tau) * target[n] + tau * source[n] for n in target}
 
 
+def soft_hard_coded_tau(target, source, tau):
+    return soft_ok(target, source, 0.1)
+
+
 def test_soft_update_accepts_the_reference_and_an_in_place_update():
     for answer in (soft_ok, soft_in_place):
         result = lesson08.soft_update(answer)
@@ -109,11 +124,12 @@ def test_soft_update_accepts_the_reference_and_an_in_place_update():
         (soft_swapped, "swapped"),
         (soft_copy, "hard copy"),
         (soft_moves_source, "changed the source"),
+        (soft_hard_coded_tau, "fraction 0.1 of the way to the source, not tau = 0.3"),
     ],
 )
 def test_soft_update_rejects_wrong_answers(answer, words):
     result = lesson08.soft_update(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message
 
 
@@ -169,6 +185,22 @@ def step_in_place(loss, params, step_size):
     return params
 
 
+def step_sum_of_norms(loss, params, step_size):
+    grads = _grads(loss, params)
+    norm = sum(g.norm() for g in grads)
+    return {n: p - step_size * g / norm for (n, p), g in zip(params.items(), grads, strict=True)}
+
+
+def step_detached_norm(loss, params, step_size):
+    grads = _grads(loss, params)
+    norm = torch.sqrt(sum((g**2).sum() for g in grads)).detach()
+    return {n: p - step_size * g / norm for (n, p), g in zip(params.items(), grads, strict=True)}
+
+
+def step_hard_coded_size(loss, params, step_size):
+    return step_ok(loss, params, 0.5)
+
+
 def test_normalized_step_accepts_the_reference():
     result = lesson08.normalized_step(step_ok)
     assert result.passed, result.message
@@ -184,9 +216,12 @@ def test_normalized_step_accepts_the_reference():
         (step_first_order, "objective's parameters"),
         (step_detached, "does not depend"),
         (step_in_place, "in place"),
+        (step_sum_of_norms, "sum of the tensors' norms"),
+        (step_detached_norm, "norm ‖g‖ is detached"),
+        (step_hard_coded_size, "step of size 0.5, but step_size = 0.2"),
     ],
 )
 def test_normalized_step_rejects_wrong_answers(answer, words):
     result = lesson08.normalized_step(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mlcourse.checks._core import Fail, check, expect_tensor, probe
+from mlcourse.checks._core import Fail, check, expect_tensor, probe, step_scale
 
 LESSON = "08_learned_objectives"
 
@@ -24,21 +24,34 @@ __all__ = ["normalized_step", "soft_update", "td3_target"]
 # td3_target
 
 
+TD3_CASES = [  # (seed, dones, gamma)
+    (0, [0, 0, 1, 0, 1, 0, 0, 0], 0.9),
+    (1, [1, 0, 0, 0, 0, 1], 0.97),
+]
+
+
 @check(LESSON, points=1)
 def td3_target(fn: Callable) -> str:
     """Checks ``fn(rewards, dones, q1_next, q2_next, gamma) -> (B,)``:
-    r + γ (1 − d) min(Q₁', Q₂'), a constant (no gradient into the target critics)."""
-    gen = torch.Generator().manual_seed(0)
-    rewards = torch.randn(8, generator=gen, dtype=torch.float64)
-    dones = torch.tensor([0, 0, 1, 0, 1, 0, 0, 0], dtype=torch.float64)
-    q1 = torch.randn(8, generator=gen, dtype=torch.float64, requires_grad=True)
-    q2 = torch.randn(8, generator=gen, dtype=torch.float64, requires_grad=True)
-    gamma = 0.9
+    r + γ (1 − d) min(Q₁', Q₂'), a constant (no gradient into the target critics), for two
+    batches and two discounts."""
+    for seed, done_list, gamma in TD3_CASES:
+        _td3_case(fn, seed, torch.tensor(done_list, dtype=torch.float64), gamma)
+    return "r + γ(1 − d)·min(Q₁', Q₂'), cut at episode ends, held constant (γ = 0.9 and 0.97)"
+
+
+def _td3_case(fn: Callable, seed: int, dones: Tensor, gamma: float) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    size = dones.shape[0]
+    rewards = torch.randn(size, generator=gen, dtype=torch.float64)
+    q1 = torch.randn(size, generator=gen, dtype=torch.float64, requires_grad=True)
+    q2 = torch.randn(size, generator=gen, dtype=torch.float64, requires_grad=True)
     got = fn(rewards, dones, q1, q2, gamma)
     low = torch.minimum(q1, q2).detach()
     want = rewards + gamma * (1 - dones) * low
+    hint = "rewards + gamma * (1 - dones) * torch.minimum(q1_next, q2_next)"
     if not isinstance(got, Tensor):
-        raise Fail(f"expected a tensor, got {type(got).__name__}")
+        raise Fail(f"expected a tensor, got {type(got).__name__}", hint)
     wrong = {
         "it takes the larger of the two critics: the max overestimates, TD3 takes the min": (
             rewards + gamma * (1 - dones) * torch.maximum(q1, q2).detach()
@@ -53,29 +66,46 @@ def td3_target(fn: Callable) -> str:
             rewards + gamma * (1 - dones) * q1.detach()
         ),
         "the discount is missing": rewards + (1 - dones) * low,
+        "(1 − done) also cancels the last reward: it multiplies only the bootstrapped value, "
+        "the reward of the final step still counts": (1 - dones) * (rewards + gamma * low),
     }
     if got.shape == want.shape and not torch.allclose(got.detach(), want, atol=1e-10):
         for what, value in wrong.items():
             if torch.allclose(got.detach(), value, atol=1e-10):
-                raise Fail(what, "rewards + gamma * (1 - dones) * torch.minimum(q1_next, q2_next)")
-    expect_tensor(got.detach(), want, "the target", atol=1e-10)
+                raise Fail(what, hint)
+        used = step_scale(got, rewards, (1 - dones) * low, atol=1e-10)
+        if used is not None:
+            raise Fail(f"the discount used is {used:.4g}, not the gamma = {gamma:g} given", hint)
+    try:
+        expect_tensor(got.detach(), want, "the target", atol=1e-10)
+    except Fail as fail:
+        fail.hint = fail.hint or hint
+        raise
     if got.requires_grad:
         raise Fail(
             "the target carries a gradient into the target critics: it is a constant to regress on",
             "compute it under torch.no_grad() or .detach() it",
         )
-    return "r + γ(1 − d)·min(Q₁', Q₂'), cut at episode ends, held constant"
 
 
 # ---------------------------------------------------------------------------------------------
 # soft_update
 
 
+SOFT_CASES = [(1, 0.1), (2, 0.3)]  # (seed, tau)
+
+
 @check(LESSON, points=1)
 def soft_update(fn: Callable) -> str:
     """Checks ``fn(target, source, tau) -> dict``: (1 − τ)·target + τ·source, parameter by
-    parameter, leaving the source untouched."""
-    gen = torch.Generator().manual_seed(1)
+    parameter, leaving the source untouched, for two values of τ."""
+    for seed, tau in SOFT_CASES:
+        _soft_case(fn, seed, tau)
+    return "target ← (1 − τ)·target + τ·source (τ = 0.1 and 0.3), the source untouched"
+
+
+def _soft_case(fn: Callable, seed: int, tau: float) -> None:
+    gen = torch.Generator().manual_seed(seed)
     target = {
         "w": torch.randn(3, 2, generator=gen, dtype=torch.float64),
         "b": torch.randn(2, generator=gen, dtype=torch.float64),
@@ -85,7 +115,7 @@ def soft_update(fn: Callable) -> str:
     }
     before_target = {n: p.clone() for n, p in target.items()}
     before_source = {n: p.clone() for n, p in source.items()}
-    got = fn(target, source, 0.1)
+    got = fn(target, source, tau)
     if any(not torch.equal(source[n], before_source[n]) for n in source):
         raise Fail("your update changed the source (online) network", "only the target moves")
     if got is None:
@@ -95,19 +125,33 @@ def soft_update(fn: Callable) -> str:
             f"return a dict with the keys {sorted(target)}",
             "{n: (1 - tau) * target[n] + tau * source[n] for n in target}",
         )
+    hint = "(1 - tau) * target + tau * source"
     for n in target:
-        want = (1 - 0.1) * before_target[n] + 0.1 * before_source[n]
-        swapped = 0.1 * before_target[n] + (1 - 0.1) * before_source[n]
-        if torch.allclose(got[n], swapped, atol=1e-12):
+        want = (1 - tau) * before_target[n] + tau * before_source[n]
+        swapped = tau * before_target[n] + (1 - tau) * before_source[n]
+        if isinstance(got[n], Tensor) and got[n].shape == want.shape:
+            if torch.allclose(got[n], swapped, atol=1e-12):
+                raise Fail(
+                    "τ and 1 − τ are swapped: the target should move only a little (τ) towards "
+                    "the source",
+                    hint,
+                )
+            if torch.allclose(got[n], before_source[n], atol=1e-12):
+                raise Fail(
+                    "the target is replaced by the source: that is a hard copy, not Polyak", hint
+                )
+        moved = step_scale(got[n], before_target[n], before_source[n] - before_target[n])
+        if moved is not None and abs(moved - tau) > 1e-9:
             raise Fail(
-                "τ and 1 − τ are swapped: the target should move only a little (τ) towards the "
-                "source",
-                "(1 - tau) * target + tau * source",
+                f"the target moves a fraction {moved:.4g} of the way to the source, not tau = "
+                f"{tau:g}",
+                "use the tau argument itself: " + hint,
             )
-        if torch.allclose(got[n], before_source[n], atol=1e-12):
-            raise Fail("the target is replaced by the source: that is a hard copy, not Polyak")
-        expect_tensor(got[n], want, f"the updated target['{n}']", atol=1e-12)
-    return "target ← (1 − τ)·target + τ·source, the source untouched"
+        try:
+            expect_tensor(got[n], want, f"the updated target['{n}']", atol=1e-12)
+        except Fail as fail:
+            fail.hint = fail.hint or hint
+            raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,33 +178,67 @@ def _problem(seed: int):
 def normalized_step(fn: Callable) -> str:
     """Checks ``fn(loss, params, step_size) -> dict``: θ' = θ − η·g/‖g‖ with g = ∇_θ loss(θ)
     and ‖g‖ the norm over *all* parameters together, differentiable in the loss's own
-    parameters (here α) to second order."""
-    params, alpha, loss = _problem(0)
+    parameters (here α) to second order, on two problems with two step sizes."""
+    for seed, step_size in ((0, 0.5), (1, 0.2)):
+        _normalized_case(fn, seed, step_size)
+    return (
+        "θ' = θ − η g/‖g‖ with one global norm (η = 0.5 and 0.2), differentiable in the "
+        "objective's parameters"
+    )
+
+
+def _normalized_case(fn: Callable, seed: int, eta: float) -> None:
+    params, alpha, loss = _problem(seed)
     before = {n: p.detach().clone() for n, p in params.items()}
-    got = fn(loss, params, 0.5)
+    got = fn(loss, params, eta)
     if any(not torch.equal(p.detach(), before[n]) for n, p in params.items()):
         raise Fail("your step modified params in place", "return new tensors")
     if not isinstance(got, dict) or set(got) != set(params):
-        raise Fail(f"return a dict with the keys of params {sorted(params)}")
+        raise Fail(
+            f"return a dict with the keys of params {sorted(params)}",
+            "{n: p - step_size * g / norm for (n, p), g in zip(params.items(), grads)}",
+        )
     grads = torch.autograd.grad(loss(params), list(params.values()), create_graph=True)
     norm = torch.sqrt(sum((g**2).sum() for g in grads))
-    want = {n: p - 0.5 * g / norm for (n, p), g in zip(params.items(), grads, strict=True)}
+    want = {n: p - eta * g / norm for (n, p), g in zip(params.items(), grads, strict=True)}
+    hint = "θ' = θ − η g / ‖g‖, ‖g‖ = sqrt(Σ over tensors of (g²).sum())"
     wrong = {
         "the gradient is not normalised: divide it by its norm over all parameters": {
-            n: p - 0.5 * g for (n, p), g in zip(params.items(), grads, strict=True)
+            n: p - eta * g for (n, p), g in zip(params.items(), grads, strict=True)
         },
         "each tensor is normalised by its own norm: use one norm over all parameters together": {
-            n: p - 0.5 * g / g.norm() for (n, p), g in zip(params.items(), grads, strict=True)
+            n: p - eta * g / g.norm() for (n, p), g in zip(params.items(), grads, strict=True)
         },
         "this is an ascent step: the actor *minimises* the learned loss": {
-            n: p + 0.5 * g / norm for (n, p), g in zip(params.items(), grads, strict=True)
+            n: p + eta * g / norm for (n, p), g in zip(params.items(), grads, strict=True)
+        },
+        "the norm is the sum of the tensors' norms, not the norm of all the gradients together "
+        "(sqrt of the summed squares)": {
+            n: p - eta * g / sum(h.norm() for h in grads)
+            for (n, p), g in zip(params.items(), grads, strict=True)
         },
     }
     for what, values in wrong.items():
-        if all(torch.allclose(got[n].detach(), values[n].detach(), atol=1e-10) for n in params):
-            raise Fail(what, "θ' = θ − η g / ‖g‖, ‖g‖ = sqrt(Σ over tensors of (g²).sum())")
+        if all(
+            isinstance(got[n], Tensor)
+            and got[n].shape == values[n].shape
+            and torch.allclose(got[n].detach(), values[n].detach(), atol=1e-10)
+            for n in params
+        ):
+            raise Fail(what, hint)
+    direction = {n: -g / norm for n, g in zip(params, grads, strict=True)}
+    size = step_scale(got, params, direction, atol=1e-10)
+    if size is not None and abs(size - eta) > 1e-9:
+        raise Fail(
+            f"this is a normalised step of size {size:.4g}, but step_size = {eta:g}",
+            "use the step_size argument itself: " + hint,
+        )
     for n in params:
-        expect_tensor(got[n].detach(), want[n].detach(), f"θ'['{n}']", atol=1e-10)
+        try:
+            expect_tensor(got[n].detach(), want[n].detach(), f"θ'['{n}']", atol=1e-10)
+        except Fail as fail:
+            fail.hint = fail.hint or hint
+            raise
     scalar = probe(got)
     if scalar.grad_fn is None:
         raise Fail(
@@ -174,7 +252,23 @@ def normalized_step(fn: Callable) -> str:
             "create_graph=True, or the objective cannot be meta-trained",
             "torch.autograd.grad(loss(params), params, create_graph=True)",
         )
-    ref = probe(want)
-    (g_want,) = torch.autograd.grad(ref, [alpha])
-    expect_tensor(g_got, g_want, "the gradient of θ' with respect to the objective", atol=1e-9)
-    return "θ' = θ − η g/‖g‖ with one global norm, differentiable in the objective's parameters"
+    (g_want,) = torch.autograd.grad(probe(want), [alpha], retain_graph=True)
+    constant_norm = {
+        n: p - eta * g / norm.detach() for (n, p), g in zip(params.items(), grads, strict=True)
+    }
+    (g_constant,) = torch.autograd.grad(probe(constant_norm), [alpha])
+    if torch.allclose(g_got, g_constant, atol=1e-9) and not torch.allclose(
+        g_got, g_want, atol=1e-9
+    ):
+        raise Fail(
+            "the norm ‖g‖ is detached: θ' has the right value, but its gradient with respect to "
+            "the objective misses the path through the norm",
+            "keep ‖g‖ in the graph (no .detach() or .item()): it depends on α too",
+        )
+    try:
+        expect_tensor(g_got, g_want, "the gradient of θ' with respect to the objective", atol=1e-9)
+    except Fail as fail:
+        fail.hint = fail.hint or (
+            "compute g with create_graph=True and the norm from g itself, all in the graph"
+        )
+        raise
