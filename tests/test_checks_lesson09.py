@@ -68,6 +68,43 @@ def outer_twice(learner, params, optimizer, tasks, generator):
     return outer_ok(learner, params, optimizer, tasks, generator)
 
 
+def outer_no_generator(learner, params, optimizer, tasks, generator):
+    optimizer.zero_grad()
+    loss = learner.meta_loss(params, tasks)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def outer_by_hand(learner, params, optimizer, tasks, generator):
+    """Plain SGD written out, with the optimizer's step size: not the optimizer's update."""
+    for p in params.values():
+        p.grad = None
+    loss = learner.meta_loss(params, tasks, generator)
+    loss.backward()
+    lr = optimizer.param_groups[0]["lr"]
+    with torch.no_grad():
+        for p in params.values():
+            p -= lr * p.grad
+    return loss.detach()
+
+
+def outer_zero_grad_after(learner, params, optimizer, tasks, generator):
+    loss = learner.meta_loss(params, tasks, generator)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.detach()
+
+
+def outer_not_detached(learner, params, optimizer, tasks, generator):
+    optimizer.zero_grad()
+    loss = learner.meta_loss(params, tasks, generator)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def test_outer_step_accepts_the_reference():
     result = lesson09.outer_step(outer_ok)
     assert result.passed, result.message
@@ -79,16 +116,20 @@ def test_outer_step_accepts_the_reference():
         (outer_stub, "not implemented yet"),
         (outer_no_zero_grad, "accumulate"),
         (outer_ascent, "uphill"),
-        (outer_no_step, "did not change"),
+        (outer_no_step, "never called"),
         (outer_step_before_backward, "did not change"),
         (outer_loss_after, "before the step"),
         (outer_returns_nothing, "scalar tensor"),
-        (outer_twice, "differs from the reference"),
+        (outer_twice, "called 2 times"),
+        (outer_no_generator, "not given the generator"),
+        (outer_by_hand, "never called"),
+        (outer_zero_grad_after, "left in .grad before it"),
+        (outer_not_detached, "still carries its graph"),
     ],
 )
 def test_outer_step_rejects_wrong_answers(answer, words):
     result = lesson09.outer_step(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message
 
 
@@ -156,6 +197,13 @@ def inner_one_task(logits, actions, rewards, inner_lr):
     return inner_ok(logits, actions, rewards, inner_lr)[0]
 
 
+def inner_mean_over_tasks(logits, actions, rewards, inner_lr):
+    batched = logits.expand(actions.shape[0], -1)
+    logp = torch.log_softmax(batched, -1).gather(1, actions)
+    (grads,) = torch.autograd.grad((logp * (rewards - 0.5)).mean(), batched, create_graph=True)
+    return batched + inner_lr * grads
+
+
 @pytest.mark.parametrize("answer", [inner_ok, inner_analytic])
 def test_bandit_inner_step_accepts_the_reference(answer):
     result = lesson09.bandit_inner_step(answer)
@@ -174,11 +222,12 @@ def test_bandit_inner_step_accepts_the_reference(answer):
         (inner_detached, "do not depend on θ"),
         (inner_in_place, "in place"),
         (inner_one_task, "shape"),
+        (inner_mean_over_tasks, "averaged over the tasks too"),
     ],
 )
 def test_bandit_inner_step_rejects_wrong_answers(answer, words):
     result = lesson09.bandit_inner_step(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message
 
 
@@ -241,6 +290,24 @@ def predict_mean_query(model, x_support, y_support, x_query):
     return predict_ok(model, x_support, y_support, x_query).mean(1)
 
 
+def predict_mean_state(model, x_support, y_support, x_query):
+    states, _ = model.gru(torch.cat([x_support, y_support], -1) / model.scale)
+    h = states.mean(1)[:, None].expand(-1, x_query.shape[1], -1)
+    return model.head(torch.cat([h, x_query / model.scale], -1))
+
+
+def predict_query_unscaled(model, x_support, y_support, x_query):
+    states, _ = model.gru(torch.cat([x_support, y_support], -1) / model.scale)
+    h = states[:, -1:].expand(-1, x_query.shape[1], -1)
+    return model.head(torch.cat([h, x_query], -1))
+
+
+def predict_support_unscaled(model, x_support, y_support, x_query):
+    states, _ = model.gru(torch.cat([x_support, y_support], -1))
+    h = states[:, -1:].expand(-1, x_query.shape[1], -1)
+    return model.head(torch.cat([h, x_query / model.scale], -1))
+
+
 def test_blackbox_predict_accepts_the_reference():
     result = lesson09.blackbox_predict(predict_ok)
     assert result.passed, result.message
@@ -257,10 +324,13 @@ def test_blackbox_predict_accepts_the_reference():
         (predict_unscaled, "model.scale"),
         (predict_swapped_concat, "differs from the reference"),
         (predict_mean_query, "shape"),
+        (predict_mean_state, "mean of the GRU states"),
+        (predict_query_unscaled, "x_query is not divided"),
+        (predict_support_unscaled, "support pairs are not divided"),
     ],
 )
 def test_blackbox_predict_rejects_wrong_answers(answer, words):
     _carried.clear()
     result = lesson09.blackbox_predict(answer)
-    assert not result.passed
+    assert not result.passed and result.hint, str(result)
     assert words in result.message, result.message

@@ -26,29 +26,56 @@ __all__ = ["bandit_inner_step", "blackbox_predict", "outer_step"]
 
 
 class _Quadratic:
-    """A toy meta-learner: meta-loss = mean over tasks of ‖w − target‖², tasks = targets."""
+    """A toy meta-learner: meta-loss = mean over tasks of ‖w − target‖², tasks = targets. It
+    records the generators its meta_loss is given (the inner loop of an RL learner samples from
+    it)."""
 
     kind, name = "supervised", "toy"
 
+    def __init__(self):
+        self.generators = []
+
     def meta_loss(self, params, tasks, generator=None):
+        self.generators.append(generator)
         return ((params["w"] - tasks) ** 2).sum(-1).mean()
+
+
+class _CountingSGD(torch.optim.SGD):
+    """SGD with momentum (so that no hand-written update can pass for it) that counts its
+    steps."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.05, momentum=0.9)
+        self.steps = 0
+
+    def step(self, closure=None):
+        self.steps += 1
+        return super().step(closure)
 
 
 def _outer_problem():
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(3, generator=gen, dtype=torch.float64).requires_grad_()
     batches = [torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in range(3)]
-    return {"w": w}, batches
+    stale = torch.randn(3, generator=gen, dtype=torch.float64)  # left in .grad from before
+    return {"w": w}, batches, stale
 
 
-def _reference_outer(params, batches):
-    optimizer = torch.optim.SGD(params.values(), lr=0.1)
+def _run_outer(start, batches, stale, *, zero_first=True, zero_after=False):
+    """Three SGD steps from ``start`` with ``stale`` in ``.grad`` before the first; by default
+    the right order (zero_grad, loss, backward, step). Returns the parameters and the losses."""
+    params = {"w": start.clone().requires_grad_()}
+    params["w"].grad = stale.clone()
+    optimizer = _CountingSGD(params.values())
     losses = []
     for tasks in batches:
-        optimizer.zero_grad()
+        if zero_first:
+            optimizer.zero_grad()
         loss = _Quadratic().meta_loss(params, tasks)
         loss.backward()
         optimizer.step()
+        if zero_after:
+            optimizer.zero_grad()
         losses.append(loss.item())
     return params["w"].detach(), losses
 
@@ -56,20 +83,40 @@ def _reference_outer(params, batches):
 @check(LESSON, points=1)
 def outer_step(fn: Callable) -> str:
     """Checks ``fn(learner, params, optimizer, tasks, generator) -> loss`` over three steps of
-    SGD on a toy meta-learner: the parameters after each step and the losses returned."""
-    params, batches = _outer_problem()
+    SGD with momentum on a toy meta-learner, with old gradients left in ``.grad`` before the
+    first: one optimizer step per call, the generator handed to the learner, the parameters
+    after each step and the losses returned (detached)."""
+    params, batches, stale = _outer_problem()
     start = params["w"].detach().clone()
-    want_w, want_losses = _reference_outer({"w": start.clone().requires_grad_()}, batches)
-    optimizer = torch.optim.SGD(params.values(), lr=0.1)
+    want_w, want_losses = _run_outer(start, batches, stale)
+    params["w"].grad = stale.clone()
+    optimizer = _CountingSGD(params.values())
     got_losses = []
-    for tasks in batches:
-        loss = fn(_Quadratic(), params, optimizer, tasks, torch.Generator().manual_seed(0))
+    for i, tasks in enumerate(batches):
+        learner, generator = _Quadratic(), torch.Generator().manual_seed(i)
+        loss = fn(learner, params, optimizer, tasks, generator)
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise Fail(
                 f"return the meta-loss as a scalar tensor, got {type(loss).__name__}",
                 "loss = learner.meta_loss(params, tasks, generator); ...; return loss.detach()",
             )
-        got_losses.append(loss.item())
+        if optimizer.steps != i + 1:
+            calls = optimizer.steps - i
+            raise Fail(
+                "optimizer.step() was never called"
+                if optimizer.steps == 0
+                else f"optimizer.step() was called {calls} times in one outer step",
+                "one outer step is one optimizer.step(), after one loss.backward(): let the "
+                "optimizer make the update (a hand-written `p -= lr * p.grad` ignores its "
+                "momentum, Adam's moments and every other setting)",
+            )
+        if learner.generators and not any(g is generator for g in learner.generators):
+            raise Fail(
+                "learner.meta_loss was not given the generator handed to outer_step",
+                "pass it on: learner.meta_loss(params, tasks, generator); the inner loop of an "
+                "RL learner samples from it, which makes a run reproducible",
+            )
+        got_losses.append(loss)
     w = params["w"].detach()
     if torch.equal(w, start):
         raise Fail(
@@ -82,29 +129,42 @@ def outer_step(fn: Callable) -> str:
             "the parameters moved uphill: the meta-loss grows",
             "minimise: loss.backward() on the meta-loss itself, not on its negative",
         )
-    accumulated = _accumulated(start, batches)
-    if torch.allclose(w, accumulated, atol=1e-10) and not torch.allclose(w, want_w, atol=1e-10):
-        raise Fail(
-            "the gradients of earlier steps accumulate into later ones",
-            "call optimizer.zero_grad() before loss.backward() in every step",
+    leftovers = {
+        "the gradients of earlier steps accumulate into later ones": _run_outer(
+            start, batches, stale, zero_first=False
+        )[0],
+        "the first step adds the gradients left in .grad before it (zero_grad comes after the "
+        "step, too late for the first one)": _run_outer(
+            start, batches, stale, zero_first=False, zero_after=True
+        )[0],
+    }
+    for what, value in leftovers.items():
+        if torch.allclose(w, value, atol=1e-10) and not torch.allclose(w, want_w, atol=1e-10):
+            raise Fail(what, "call optimizer.zero_grad() first, before loss.backward()")
+    try:
+        expect_tensor(w, want_w, "the parameters after three steps", atol=1e-10, rtol=1e-8)
+    except Fail as fail:
+        fail.hint = fail.hint or (
+            "optimizer.zero_grad(); loss = learner.meta_loss(params, tasks, generator); "
+            "loss.backward(); optimizer.step(): the optimizer makes the update, not your code"
         )
-    expect_tensor(w, want_w, "the parameters after three steps", atol=1e-10, rtol=1e-8)
+        raise
     for got, want in zip(got_losses, want_losses, strict=True):
-        if abs(got - want) > 1e-9:
+        if abs(got.item() - want) > 1e-9:
             raise Fail(
-                f"you returned {got:.6f} where the meta-loss before the step was {want:.6f}",
+                f"you returned {got.item():.6f} where the meta-loss before the step was {want:.6f}",
                 "return the loss you called backward on (detached), not a recomputed one",
             )
-    return "zero_grad → meta_loss → backward → step: three steps match SGD, losses returned"
-
-
-def _accumulated(start, batches):
-    params = {"w": start.clone().requires_grad_()}
-    optimizer = torch.optim.SGD(params.values(), lr=0.1)
-    for tasks in batches:
-        _Quadratic().meta_loss(params, tasks).backward()
-        optimizer.step()
-    return params["w"].detach()
+        if got.requires_grad:
+            raise Fail(
+                "the returned loss still carries its graph",
+                "return loss.detach(): a caller that keeps the losses would otherwise keep "
+                "every step's graph alive",
+            )
+    return (
+        "zero_grad → meta_loss(params, tasks, generator) → backward → step: three steps match "
+        "SGD with momentum from stale gradients, detached losses returned"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +205,10 @@ def bandit_inner_step(fn: Callable) -> str:
         raise Fail("your step modified logits in place", "return a new tensor: logits + ...")
     want = relation.bandit_inner_step(logits, actions, rewards, 0.3)
     if not isinstance(got, Tensor):
-        raise Fail(f"return a tensor, got {type(got).__name__}")
+        raise Fail(
+            f"return a tensor, got {type(got).__name__}",
+            "return the (num_tasks, num_arms) adapted logits",
+        )
     if got.shape != want.shape:
         raise Fail(
             f"the adapted logits have shape {tuple(got.shape)}, expected {tuple(want.shape)}",
@@ -169,12 +232,21 @@ def bandit_inner_step(fn: Callable) -> str:
             _variant(logits, actions, rewards, 0.3, per_task=False),
             "differentiate with respect to a per-task copy, logits.expand(num_tasks, -1)",
         ),
+        "the surrogate is averaged over the tasks too, so each task's step shrinks by "
+        f"1/num_tasks = 1/{actions.shape[0]}": (
+            _variant(logits, actions, rewards, 0.3 / actions.shape[0]),
+            "sum the tasks' surrogates (each a mean over its own pulls): .mean(1).sum()",
+        ),
     }
     if not torch.allclose(got.detach(), want.detach(), atol=1e-10):
         for what, (value, hint) in wrong.items():
             if torch.allclose(got.detach(), value.detach(), atol=1e-10):
                 raise Fail(what, hint)
-    expect_tensor(got.detach(), want.detach(), "the adapted logits", atol=1e-10)
+    try:
+        expect_tensor(got.detach(), want.detach(), "the adapted logits", atol=1e-10)
+    except Fail as fail:
+        fail.hint = fail.hint or "θ'_t = θ + inner_lr · ∇_θ (1/m) Σ_i log π_θ(a_ti) (r_ti − 0.5)"
+        raise
     if got.grad_fn is None:
         raise Fail(
             "the adapted logits do not depend on θ: the step was taken on detached tensors",
@@ -185,7 +257,10 @@ def bandit_inner_step(fn: Callable) -> str:
     (g_got,) = torch.autograd.grad(meta, logits, allow_unused=True)
     (g_want,) = torch.autograd.grad((torch.softmax(want, -1) * weights).sum(), logits)
     if g_got is None:
-        raise Fail("the meta-gradient does not reach logits")
+        raise Fail(
+            "the meta-gradient does not reach logits",
+            "build the step from logits itself (logits.expand(...)), not from a detached copy",
+        )
     if not torch.allclose(g_got, g_want, atol=1e-9):
         first = torch.softmax(logits + (want - logits).detach(), -1)
         (g_first,) = torch.autograd.grad((first * weights).sum(), logits)
@@ -195,9 +270,18 @@ def bandit_inner_step(fn: Callable) -> str:
                 "the meta-gradient misses the second-order terms",
                 "torch.autograd.grad(surrogate, batched, create_graph=True)",
             )
-    expect_tensor(g_got, g_want, "the meta-gradient through your step", atol=1e-9)
-    zero = fn(logits, actions, rewards, 0.0)
-    expect_tensor(zero.detach(), before.expand_as(want), "the step with inner_lr = 0", atol=1e-12)
+    try:
+        expect_tensor(g_got, g_want, "the meta-gradient through your step", atol=1e-9)
+        zero = fn(logits, actions, rewards, 0.0)
+        expect_tensor(
+            zero.detach(), before.expand_as(want), "the step with inner_lr = 0", atol=1e-12
+        )
+    except Fail as fail:
+        fail.hint = fail.hint or (
+            "batched = logits.expand(num_tasks, -1); grads from torch.autograd.grad(surrogate, "
+            "batched, create_graph=True); return batched + inner_lr * grads"
+        )
+        raise
     return "per-task θ' = θ + α∇(1/m)Σ log π(a)(r − 0.5) matches, with its second-order path"
 
 
@@ -225,7 +309,10 @@ def blackbox_predict(fn: Callable) -> str:
         fn(model, other.x_support, other.y_support, other.x_query)  # a previous call
         got = fn(model, tasks.x_support, tasks.y_support, tasks.x_query)
         if not isinstance(got, Tensor):
-            raise Fail(f"return a tensor, got {type(got).__name__}")
+            raise Fail(
+                f"return a tensor, got {type(got).__name__}",
+                "return the (num_tasks, k_query, 1) predictions",
+            )
         if got.shape != want.shape:
             raise Fail(
                 f"the predictions have shape {tuple(got.shape)}, expected {tuple(want.shape)}",
@@ -274,5 +361,29 @@ def blackbox_predict(fn: Callable) -> str:
                 "the inputs are not divided by model.scale",
                 "inputs = torch.cat([x, y], -1) / model.scale, and x_query / model.scale",
             )
-        expect_tensor(got, want, "the predictions", atol=1e-5)
+        states = model.gru(torch.cat([tasks.x_support, tasks.y_support], -1) / model.scale)[0]
+        wrong = {
+            "the prediction reads the mean of the GRU states over the support pairs, not the "
+            "state after the last pair": model.decode(states.mean(1), tasks.x_query),
+            "x_query is not divided by model.scale (the support pairs are)": model.decode(
+                states[:, -1], tasks.x_query * model.scale
+            ),
+            "the support pairs are not divided by model.scale (x_query is)": model.decode(
+                model.gru(torch.cat([tasks.x_support, tasks.y_support], -1))[0][:, -1],
+                tasks.x_query,
+            ),
+        }
+        hint = (
+            "states, _ = model.gru(torch.cat([x_support, y_support], -1) / model.scale); "
+            "model.head(torch.cat([states[:, -1] repeated for each query, x_query / "
+            "model.scale], -1))"
+        )
+        for what, value in wrong.items():
+            if torch.allclose(got, value, atol=1e-6) and not torch.allclose(got, want, atol=1e-6):
+                raise Fail(what, hint)
+        try:
+            expect_tensor(got, want, "the prediction tensor", atol=1e-5)
+        except Fail as fail:
+            fail.hint = fail.hint or hint
+            raise
     return "reads each task's (x, y) pairs from a zero state and predicts the query like the model"
