@@ -208,6 +208,41 @@ def test_shipped_policy_loads_and_adapts():
         M.load_pretrained("rl2-bandit-k5-n10")
 
 
+def test_shipped_reptile_policy_loads_and_adapts():
+    """The Reptile navigation policy lesson 07 sets beside first-order MAML's: a Reptile run
+    (ε = 1, three inner steps) that improves after one policy-gradient step."""
+    assert "reptile-rl-nav" in M.available_pretrained()
+    policy, params, config, info = M.load_pretrained("reptile-rl-nav")
+    assert info["experiment"] == "reptile-rl-nav" and config.algorithm == "reptile"
+    assert info["steps"] > 0 and config.outer_lr == 1.0 and config.reptile_inner_steps == 3
+    assert config.action_scale == 0.1
+    goals = M.sample_goals(10, torch.Generator().manual_seed(M.EVAL_SEED))
+    returns = M.evaluate(
+        policy,
+        params,
+        goals,
+        inner_steps=1,
+        num_trajectories=20,
+        generator=torch.Generator().manual_seed(1),
+        action_scale=config.action_scale,
+    )
+    assert returns[1] > returns[0] + 10  # about −45 before, −19 after on these goals
+
+
+def test_exported_reptile_run_loads_as_tensors_only(tmp_path):
+    from mlcourse.experiments import run_training
+
+    small = dict(meta_batch_size=2, trajectories=2, hidden="8,8", steps=1, reptile_inner_steps=2)
+    run_training("reptile-rl-nav", tmp_path / "run", overrides=small, progress=False)
+    info = M.export_pretrained(tmp_path / "run", tmp_path / "policy.pt", note="test")
+    assert info["experiment"] == "reptile-rl-nav" and info["steps"] == 1
+    saved = torch.load(tmp_path / "policy.pt", weights_only=True)
+    config = M.NavConfig(**saved["config"])
+    policy = GaussianMLPPolicy(2, 2, config.hidden_sizes)
+    policy.load_state_dict(saved["policy"])
+    assert config.algorithm == "reptile" and saved["note"] == "test"
+
+
 def test_new_runs_act_in_units_of_the_action_range_and_old_runs_load_unchanged(tmp_path):
     from mlcourse.experiments import load_learner, run_training
 
