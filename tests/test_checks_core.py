@@ -35,7 +35,7 @@ def _make_checks():
 
 def test_pass_is_a_truthy_result_with_points(registry):
     doubles = _make_checks()
-    assert registry["doubles"] == {"lesson": "99_test", "points": 2}
+    assert registry["doubles"] == {"lesson": "99_test", "points": 2, "forbid": ()}
     result = doubles(lambda x: 2 * x)
     assert result and result.passed and result.points == 2 and result.max_points == 2
     assert str(result) == "✅ doubles: fn(3) == 6"
@@ -361,3 +361,37 @@ def test_per_task_mse_rejects_known_wrong_answers(name):
     result = checks.per_task_mse(answer)
     assert not result.passed and result.hint, str(result)
     assert fragment in result.message, str(result)
+
+
+def test_an_answer_that_calls_the_packages_own_implementation_fails(registry):
+    """The check's reference may use the package; the learner's answer may not, however it
+    reaches the function (module attribute, imported name, through a library)."""
+    import functools
+
+    from mlcourse import options
+    from mlcourse.options import parse_widths
+    from mlcourse.sine import SineConfig
+
+    @check("99_test", forbid=("mlcourse.options.parse_widths",))
+    def widths(fn):
+        expected = SineConfig(hidden="3,4").hidden_sizes  # calls parse_widths inside mlcourse
+        if fn("3,4") != expected:
+            raise Fail(f"fn('3,4') returned {fn('3,4')}, expected {expected}")
+        return "parses widths"
+
+    def own(text):
+        return tuple(int(w) for w in text.split(","))
+
+    assert widths(own).passed
+    for answer in (
+        lambda text: parse_widths(text),
+        lambda text: options.parse_widths(text),
+        functools.partial(options.parse_widths, name="hidden"),
+    ):
+        result = widths(answer)
+        assert not result.passed, result
+        assert "calls mlcourse.options.parse_widths, the package's own implementation" in (
+            result.message
+        )
+    assert options.parse_widths is parse_widths  # everything put back
+    assert parse_widths("1,2") == (1, 2)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import io
 import json
 import os
+import sys
+import sysconfig
 import traceback
 import warnings
 from collections.abc import Callable
@@ -92,7 +95,7 @@ def record(result: CheckResult) -> None:
             fh.write(json.dumps(asdict(result)) + "\n")
 
 
-def check(lesson: str, points: float = 1.0) -> Callable:
+def check(lesson: str, points: float = 1.0, forbid: tuple[str, ...] = ()) -> Callable:
     """Declares an exercise check belonging to ``lesson`` (e.g. ``"02_maml"``) worth ``points``.
 
     The decorated body raises :class:`Fail` or returns what it verified. Calling the check
@@ -102,17 +105,21 @@ def check(lesson: str, points: float = 1.0) -> Callable:
     learner's warnings and stderr out of the cell (nbgrader gives a cell that writes to stderr
     no points) and names them in the message, and raises ``AssertionError`` when it fails, which
     is how nbgrader scores a grade cell.
+
+    ``forbid`` names the package's own implementations of what the exercise asks for (e.g.
+    ``("mlcourse.maml.adapt",)``): an answer that calls one of them fails, with a message
+    that says so (see :func:`_forbidden`). The check's own reference may still call them.
     """
 
     def decorate(body: Callable[..., str]) -> Callable[..., CheckResult]:
         name = body.__name__
-        REGISTRY[name] = {"lesson": lesson, "points": points}
+        REGISTRY[name] = {"lesson": lesson, "points": points, "forbid": tuple(forbid)}
 
         @functools.wraps(body)
         def run(*args, **kwargs) -> CheckResult | None:
             hint = None
             nbgrader = os.environ.get(NBGRADER_ENV) in ("autograde", "validate")
-            with _quiet(nbgrader) as noise:
+            with _quiet(nbgrader) as noise, _forbidden(forbid) as used:
                 try:
                     message = body(*args, **kwargs)
                     passed = True
@@ -127,6 +134,13 @@ def check(lesson: str, points: float = 1.0) -> Callable:
                     passed = False
                     message = f"your code raised {type(err).__name__}: {err}"
                     hint = "the last lines of the traceback: " + _where(err)
+            if used:
+                passed = False
+                message = (
+                    f"your code calls {used[0]}, the package's own implementation of what this "
+                    "exercise asks you to write"
+                )
+                hint = "write it yourself from the lesson's equations, then run this check again"
             if noise:
                 message += f" (while it ran, your code wrote to stderr: {noise[0][:200]})"
             result = CheckResult(
@@ -147,6 +161,85 @@ def check(lesson: str, points: float = 1.0) -> Callable:
         return run
 
     return decorate
+
+
+class _UsedReference(Exception):
+    """Raised into the learner's code when it calls a forbidden package function."""
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # mlcourse/
+_LIBRARIES = tuple(
+    os.path.realpath(p)
+    for p in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]}
+    | {sysconfig.get_paths()["platlib"]}
+)
+
+
+def _called_by_learner(frame) -> bool:
+    """Whether the nearest caller that is neither a library (torch, functools, ...) nor the
+    course's package is the learner's code (a notebook cell, a test's wrong answer)."""
+    while frame is not None:
+        path = os.path.realpath(frame.f_code.co_filename)
+        if path.startswith(_PACKAGE + os.sep):
+            return False
+        if not path.startswith(_LIBRARIES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+_GUARD = """
+def guard(*args, **kwargs):
+    real, path, used, by_learner, caller, stop = {key}
+    if by_learner(caller(1)):
+        used.append(path)
+        raise stop(path + " may not be used in this exercise")
+    return real(*args, **kwargs)
+"""
+
+
+@contextlib.contextmanager
+def _forbidden(paths: tuple[str, ...]):
+    """While active, each package function named in ``paths`` (``"mlcourse.maml.adapt"``)
+    runs a guard in place of its code: called from the learner's code (however it got there:
+    the module's attribute, a name imported into a notebook, a ``functools.partial``, a
+    library such as ``torch.func``), the guard notes the call in the yielded list and stops it;
+    called from the package (the check's own reference), it runs the real function."""
+    import importlib
+    import types
+
+    used: list[str] = []
+    swapped = []  # (function, code, defaults, kwdefaults, key)
+    try:
+        for path in paths:
+            module_name, name = path.rsplit(".", 1)
+            original = inspect.unwrap(getattr(importlib.import_module(module_name), name))
+            if original.__closure__:
+                raise TypeError(f"{path} has a closure: it cannot be guarded")
+            real = types.FunctionType(
+                original.__code__,
+                original.__globals__,
+                original.__name__,
+                original.__defaults__,
+                original.__closure__,
+            )
+            real.__kwdefaults__ = original.__kwdefaults__
+            key = f"__mlcourse_forbidden_{id(original)}__"
+            original.__globals__[key] = (real, path, used, _called_by_learner, sys._getframe)
+            original.__globals__[key] += (_UsedReference,)
+            scope: dict = {}
+            exec(compile(_GUARD.format(key=key), f"<guard of {path}>", "exec"), scope)
+            swapped.append(
+                (original, original.__code__, original.__defaults__, original.__kwdefaults__, key)
+            )
+            original.__code__ = scope["guard"].__code__
+            original.__defaults__ = original.__kwdefaults__ = None
+        yield used
+    finally:
+        for function, code, defaults, kwdefaults, key in reversed(swapped):
+            function.__code__, function.__defaults__ = code, defaults
+            function.__kwdefaults__ = kwdefaults
+            function.__globals__.pop(key, None)
 
 
 @contextlib.contextmanager
