@@ -445,6 +445,42 @@ def meta_test_one_step_short(model, x_support, y_support, x_query, inner_lr, num
     return test_ok(model, x_support, y_support, x_query, inner_lr, num_inner_steps - 1)
 
 
+def meta_test_restores(model, x_support, y_support, x_query, inner_lr, num_inner_steps):
+    """Also right: adapts the model in place with an optimizer (clearing the gradients at every
+    step), predicts, then puts θ back."""
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=inner_lr)
+    for _ in range(num_inner_steps):
+        optimizer.zero_grad()
+        F.mse_loss(model(x_support), y_support).backward()
+        optimizer.step()
+    with torch.no_grad():
+        prediction = model(x_query)
+        for n, p in model.named_parameters():
+            p.copy_(saved[n])
+    return prediction
+
+
+def test_meta_test_in_place_and_restored_is_accepted():
+    result = check.fixed_meta_test(meta_test_restores)
+    assert result.passed, str(result)
+
+
+def meta_test_zero_grad_once(model, x_support, y_support, x_query, inner_lr, num_inner_steps):
+    """Clears the old gradients once, then lets the steps' gradients add up."""
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=inner_lr)
+    optimizer.zero_grad()
+    for _ in range(num_inner_steps):
+        F.mse_loss(model(x_support), y_support).backward()
+        optimizer.step()
+    with torch.no_grad():
+        prediction = model(x_query)
+        for n, p in model.named_parameters():
+            p.copy_(saved[n])
+    return prediction
+
+
 def meta_test_restores_but_accumulates(
     model, x_support, y_support, x_query, inner_lr, num_inner_steps
 ):
@@ -546,7 +582,8 @@ def test_fixed_maml_step_rejects(kind):
         (meta_test_wrong_sign, "wrong sign"),
         (meta_test_flat, "shape"),
         (meta_test_one_step_short, "one adaptation step too few"),
-        (meta_test_restores_but_accumulates, "old .grad values"),
+        (meta_test_restores_but_accumulates, "on top of the old ones"),
+        (meta_test_zero_grad_once, "called once, before the loop"),
     ],
 )
 def test_fixed_meta_test_rejects(fn, fragment):

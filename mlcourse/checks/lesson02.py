@@ -628,6 +628,21 @@ def fixed_maml_step(fn: Callable) -> str:
 # (d) fixed_meta_test: the naive meta-test path, fixed
 
 
+def _accumulating(model, params, data, inner_lr, steps, start) -> Tensor:
+    """Predictions after ``steps`` SGD steps whose gradients are never cleared: step k uses
+    ``start`` (old ``.grad`` values, or ``None``) plus the gradients of steps 1 to k."""
+    xs, ys, xq = data
+    fast = {n: p.detach() for n, p in params.items()}
+    total = {n: torch.zeros_like(p) if start is None else start[n] for n, p in fast.items()}
+    for _ in range(steps):
+        leaves = {n: p.clone().requires_grad_() for n, p in fast.items()}
+        loss = _mse(functional_call(model, leaves, (xs,)), ys)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        total = {n: total[n] + g for n, g in zip(leaves, grads, strict=True)}
+        fast = {n: fast[n] - inner_lr * total[n] for n in fast}
+    return functional_call(model, fast, (xq,)).detach()
+
+
 @check(LESSON, points=1)
 def fixed_meta_test(fn: Callable) -> str:
     """Checks ``fn(model, x_support, y_support, x_query, inner_lr, num_inner_steps) ->
@@ -635,7 +650,7 @@ def fixed_meta_test(fn: Callable) -> str:
     model, tasks, inner_lr, steps = _mlp(seed=8), _tasks(seed=9), 0.02, 3
     xs, ys, xq = tasks.x_support[0], tasks.y_support[0], tasks.x_query[0]
     params = params_of(model)
-    _leave_stale_gradients(model, seed=8)  # what meta-training leaves behind
+    stale = _leave_stale_gradients(model, seed=8)  # what meta-training leaves behind
     before = _snapshot(model)
     out = fn(model, xs, ys, xq, inner_lr, steps)
     if any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters()):
@@ -655,6 +670,14 @@ def fixed_meta_test(fn: Callable) -> str:
         f"one adaptation step too few: {steps - 1} instead of {steps}": predict(steps - 1),
         f"one adaptation step too many: {steps + 1} instead of {steps}": predict(steps + 1),
         "wrong sign: the adaptation goes up the support gradient": predict(lr=-inner_lr),
+        "the gradients add up from step to step, on top of the old ones left in the model's "
+        "`.grad`: an optimizer loop without zero_grad()": _accumulating(
+            model, params, (xs, ys, xq), inner_lr, steps, stale
+        ),
+        "the gradients add up from step to step: zero_grad() is called once, before the "
+        "loop, instead of at every step": _accumulating(
+            model, params, (xs, ys, xq), inner_lr, steps, None
+        ),
     }
     if isinstance(out, Tensor):
         out = out.detach()
