@@ -121,7 +121,7 @@ def _diagnose_update(got, theta: Tensor, phi: Tensor, eps: float, name: str, nam
         if torch.allclose(got.detach(), value, atol=1e-12, rtol=1e-9):
             raise Fail(f"new theta['{name}'] {what}", hint)
     scale = step_scale(got, theta, step.mean(0), atol=1e-12)
-    if scale is not None and abs(scale - eps) > 1e-9:
+    if scale is not None and abs(scale - eps) > 1e-6 * eps:
         raise Fail(
             f"new theta['{name}'] moves θ a fraction {scale:.4g} of the way to the mean adapted "
             f"weights, not outer_lr = {eps:g}",

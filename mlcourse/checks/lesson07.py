@@ -235,7 +235,7 @@ def _policy_step_case(fn: Callable, seed: int, lr: float) -> None:
             "θ' = θ + inner_lr · ∇J(θ)",
         )
     scale = step_scale(got, params, dict(zip(params, grads, strict=True)), atol=1e-10)
-    if scale is not None and abs(scale - lr) > 1e-9 * max(1.0, abs(lr)):
+    if scale is not None and abs(scale - lr) > 1e-6 * abs(lr):
         raise Fail(
             f"this is an ascent step of size {scale:.4g}, but inner_lr = {lr:g}",
             "use the inner_lr argument itself: θ' = θ + inner_lr · ∇J(θ)",
