@@ -1,6 +1,8 @@
 """Autograded exercise checks. In a notebook: ``from mlcourse import checks as check`` and then
 ``check.NAME(your_function)``. Each lesson's checks live in ``lessonNN.py``; each check has a
-catalogue of known-wrong answers in ``tests/test_checks.py`` proving that it rejects them."""
+catalogue of known-wrong answers in ``tests/test_checks_lessonNN.py`` (lesson 00's in
+``tests/test_checks_core.py``) proving that it rejects each one with a message naming the mistake
+and a hint."""
 
 from mlcourse.checks._core import REGISTRY, RESULTS, CheckResult, Fail, check, expect_tensor
 from mlcourse.checks.lesson00 import *  # noqa: F403
