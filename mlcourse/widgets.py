@@ -54,11 +54,14 @@ def interact(draw: Callable[..., object], *, static: bool = True, **controls):
 def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0):
     """Play a Bernoulli bandit against an RL² agent: one button per arm. Lesson 06.
 
-    Each click pulls an arm of the current bandit for you; the agent plays the same bandit (its
-    own trial, drawn from the same random stream) and both histories are redrawn: pulls as
-    coloured marks (a dot where the pull paid), scores in the title. "new bandit" draws another
-    one; after ``num_pulls`` pulls the true probabilities are revealed. Shows the agent's trial
-    as a plain image first (the static fallback).
+    Each click pulls an arm of the current bandit for you; the agent plays the same bandit with
+    the same luck, and both histories are redrawn: pulls as coloured marks (a dot where the pull
+    paid), scores in the title. A bandit is drawn once, from its seed: the arms' success
+    probabilities ``p[a]`` (the bandit :class:`~mlcourse.envs.BernoulliBanditVectorEnv` draws
+    with that seed), then a table of uniforms ``u[t, a]``; pull ``t`` of arm ``a`` pays 1 when
+    ``u[t, a] < p[a]``, whoever pulls it. "new bandit" draws another one; after ``num_pulls``
+    pulls the true probabilities are revealed. Shows the agent's trial as a plain image first
+    (the static fallback).
 
     Args:
         policy: an :class:`mlcourse.rl2.RL2Policy` trained on ``num_arms`` arms.
@@ -66,25 +69,50 @@ def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0
         seed: the first bandit's seed (then seed + 1, ...).
 
     Returns:
-        The ``ipywidgets.VBox`` (its ``.game`` attribute holds the state, for tests).
+        The ``ipywidgets.VBox`` (its ``.game`` attribute holds the state, for tests: ``probs``
+        ``(num_arms,)``, ``luck`` ``(num_pulls, num_arms)``, the agent's ``Trials``, your
+        ``pulls`` and ``rewards``).
     """
     import ipywidgets as widgets
     import torch
     from IPython.display import Image, display
 
     from mlcourse import rl2
-    from mlcourse.envs import BernoulliBanditVectorEnv
+
+    class SharedLuck:
+        """One trial of the duel's bandit, for either player (the batched-environment calls
+        that :func:`mlcourse.rl2.run_trials` makes, one bandit wide)."""
+
+        num_envs, device = 1, torch.device("cpu")
+
+        def __init__(self, probs, luck):
+            self.probs, self.luck, self.num_pulls, self.pulls = probs, luck, num_pulls, 0
+
+        def reset(self, *, seed=None, options=None):
+            self.pulls = 0
+            return torch.zeros(1, dtype=torch.long), {"probs": self.probs[None].clone()}
+
+        def step(self, actions):
+            arm = int(torch.as_tensor(actions).reshape(-1)[0])
+            reward = (self.luck[self.pulls, arm] < self.probs[arm]).float().reshape(1)
+            self.pulls += 1
+            ended = torch.tensor([self.pulls == self.num_pulls])
+            return torch.zeros(1, dtype=torch.long), reward, ended, torch.zeros_like(ended), {}
 
     game: dict = {}
 
     def new_bandit(bandit_seed: int) -> None:
-        env = BernoulliBanditVectorEnv(1, num_arms, num_pulls)
+        draw = torch.Generator().manual_seed(bandit_seed)
+        probs = torch.rand(num_arms, generator=draw)  # the bandit, then its luck u[t, a]
+        luck = torch.rand(num_pulls, num_arms, generator=draw)
         agent = rl2.run_trials(
-            policy, env, seed=bandit_seed, generator=torch.Generator().manual_seed(bandit_seed)
+            policy, SharedLuck(probs, luck), generator=torch.Generator().manual_seed(bandit_seed)
         )
-        mine = BernoulliBanditVectorEnv(1, num_arms, num_pulls)
-        mine.reset(seed=bandit_seed, options={"probs": agent.task["probs"]})
-        game.update(seed=bandit_seed, agent=agent, env=mine, pulls=[], rewards=[])
+        mine = SharedLuck(probs, luck)
+        mine.reset()
+        game.update(
+            seed=bandit_seed, probs=probs, luck=luck, agent=agent, env=mine, pulls=[], rewards=[]
+        )
 
     def figure():
         agent, pulls = game["agent"], game["pulls"]

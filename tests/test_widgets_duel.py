@@ -1,0 +1,59 @@
+"""The bandit duel of lesson 06: you and the agent play the same bandit with the same luck."""
+
+import torch
+
+from mlcourse import rl2
+from mlcourse.envs import BernoulliBanditVectorEnv
+from mlcourse.widgets import bandit_duel
+
+NUM_ARMS, NUM_PULLS = 3, 6
+
+
+def duel(seed: int):
+    torch.manual_seed(0)
+    policy = rl2.RL2Policy(num_states=1, num_actions=NUM_ARMS, hidden_size=8)
+    box = bandit_duel(policy, num_arms=NUM_ARMS, num_pulls=NUM_PULLS, seed=seed)
+    return box, box.children[0].children
+
+
+def test_playing_the_agents_pulls_pays_exactly_what_the_agent_was_paid():
+    paid = []
+    for seed in (100, 101, 102):
+        box, buttons = duel(seed)
+        agent = box.game["agent"]
+        for arm in agent.actions[:, 0].tolist():
+            buttons[arm].click()
+        assert box.game["pulls"] == agent.actions[:, 0].tolist()
+        assert box.game["rewards"] == agent.rewards[:, 0].tolist()
+        paid += box.game["rewards"]
+    assert 0.0 in paid and 1.0 in paid  # the check saw both outcomes
+
+
+def test_each_arm_pays_from_its_own_draw_for_both_players():
+    for seed in (100, 101):
+        box, buttons = duel(seed)
+        game = box.game
+        probs, luck, agent = game["probs"], game["luck"], game["agent"]
+        assert probs.shape == (NUM_ARMS,) and luck.shape == (NUM_PULLS, NUM_ARMS)
+        mine = [(int(agent.actions[t, 0]) + 1 + t % 2) % NUM_ARMS for t in range(NUM_PULLS)]
+        for arm in mine:  # never the agent's arm
+            buttons[arm].click()
+        for t in range(NUM_PULLS):
+            arm = int(agent.actions[t, 0])
+            assert agent.rewards[t, 0].item() == float(luck[t, arm] < probs[arm])
+            assert game["rewards"][t] == float(luck[t, mine[t]] < probs[mine[t]])
+        assert len({tuple(row) for row in luck.tolist()}) == NUM_PULLS  # a fresh draw per pull
+        assert all(len(set(row)) == NUM_ARMS for row in luck.tolist())  # and per arm
+
+
+def test_the_bandits_are_those_the_seeds_draw_and_new_bandit_moves_on():
+    box, buttons = duel(7)
+    env = BernoulliBanditVectorEnv(1, NUM_ARMS, NUM_PULLS)
+    _, task = env.reset(seed=7)
+    assert torch.equal(box.game["probs"], task["probs"][0])
+    assert torch.equal(box.game["agent"].task["probs"][0], task["probs"][0])
+    buttons[0].click()
+    buttons[-1].click()  # new bandit: the next seed, a fresh table, no pulls yet
+    _, task = env.reset(seed=8)
+    assert box.game["seed"] == 8 and box.game["pulls"] == [] and box.game["rewards"] == []
+    assert torch.equal(box.game["probs"], task["probs"][0])
