@@ -694,6 +694,7 @@ def fixed_meta_test(fn: Callable) -> str:
         )
         raise
     return (
-        f"predictions after {steps} adaptation steps match mlcourse.maml.adapt and the model's "
-        "parameters are left as they were"
+        f"predictions after {steps} adaptation steps match mlcourse.maml.adapt (each step from "
+        "fresh gradients, whatever the model's .grad held) and the model's parameters are left "
+        "as they were"
     )

@@ -475,8 +475,8 @@ def sample_episodes(fn: Callable) -> str:
     return (
         f"{num_tasks} episodes of {n_way}-way {k_shot}-shot with {k_query} queries: distinct "
         "classes in random label order within each task, support and query disjoint drawings "
-        "of the labelled class, class-major labels, every class and drawing reachable, "
-        "reproducible from the generator"
+        "of the labelled class drawn independently for every class and task, class-major "
+        "labels, every class and drawing reachable, reproducible from the generator"
     )
 
 

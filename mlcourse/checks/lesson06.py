@@ -112,7 +112,8 @@ def rl2_input(fn: Callable) -> str:
             raise
     return (
         "[one-hot observation, one-hot previous action (zero at a trial's start), previous "
-        "reward, done flag] matches mlcourse.rl2.rl2_inputs"
+        "reward, done flag] matches mlcourse.rl2.rl2_inputs for 4 states and 3 actions, then 3 "
+        "states and 5 actions"
     )
 
 
