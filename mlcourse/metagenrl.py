@@ -576,10 +576,17 @@ class MetaGenRLLearner:
         return meta_loss.detach()
 
     def metrics(self) -> dict[str, float]:
+        """Per family, ``episodes_NAME``: episodes its agents have finished, and
+        ``return_NAME``: the mean over those agents of their last finished episodes' return
+        (left out until one has finished an episode: a car episode lasts up to 999 steps);
+        and ``meta_loss`` averaged since the last call."""
         out = {}
         for name in self.config.env_names:
-            returns = [a.recent_return() for a in self.agents if a.env_name == name]
-            out[f"return_{name}"] = round(sum(returns) / len(returns), 3)
+            agents = [a for a in self.agents if a.env_name == name]
+            returns = [a.recent_return() for a in agents if a.returns]
+            out[f"episodes_{name}"] = sum(len(a.returns) for a in agents)
+            if returns:
+                out[f"return_{name}"] = round(sum(returns) / len(returns), 3)
         if self._meta_losses:
             out["meta_loss"] = round(sum(self._meta_losses) / len(self._meta_losses), 5)
             self._meta_losses.clear()
