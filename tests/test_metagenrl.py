@@ -241,3 +241,22 @@ def test_export_and_the_shipped_objectives(tmp_path):
     experiments.run_training("maml-sine", tmp_path / "sine", overrides={"steps": 1}, progress=False)
     with pytest.raises(ValueError, match="not a MetaGenRL"):
         metagenrl.export_pretrained(tmp_path / "sine", tmp_path / "wrong.pt")
+
+
+def test_metrics_leave_out_a_family_with_no_finished_episode():
+    """A car episode lasts up to 999 steps: until one ends, its family has an episode count of
+    0 and no return (never a nan in the log)."""
+    import math
+
+    from mlcourse import metagenrl
+
+    config = metagenrl.MetaGenRLConfig(
+        envs="navigation,mountaincar", agents_per_env=1, steps=150, warmup=50, log_every=50
+    )
+    population = metagenrl.MetaGenRLLearner(config)
+    for step in range(150):
+        population.step(step)
+    figures = population.metrics()
+    assert figures["episodes_navigation"] == 1 and figures["episodes_mountaincar"] == 0
+    assert "return_mountaincar" not in figures
+    assert math.isfinite(figures["return_navigation"]) and math.isfinite(figures["meta_loss"])
