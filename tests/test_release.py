@@ -98,9 +98,14 @@ def test_release_writes_the_exercise(course_dir):
         "locked": False,
         "schema_version": 3,
         "solution": True,
+        "cell_type": "code",
+        "checksum": release.nbgrader_checksum(cell),
     }
-    grade = _cell(exercise, "check.support").metadata.nbgrader
+    assert cell.metadata.deletable is False and "editable" not in cell.metadata
+    check_cell = _cell(exercise, "check.support")
+    grade = check_cell.metadata.nbgrader
     assert grade["grade"] and grade["locked"] and grade["points"] == 1
+    assert check_cell.metadata.deletable is False and check_cell.metadata.editable is False
     assert grade["grade_id"] == "check_support_query_split"
     solution = nbformat.read(course_dir / "solutions" / "00_test.ipynb", as_version=4)
     assert "return 2 * x" in _cell(solution, "def double").source  # the solution keeps its code
@@ -114,7 +119,8 @@ def test_release_stamps_badge_and_setup_cells(course_dir):
         nb = nbformat.read(course_dir / rel, as_version=4)
         assert nb.cells[0].source.startswith("# 00 ·"), "the author's title stays first"
         assert nb.cells[1].source == release.badge_source(rel)
-        assert course.colab_url(rel) in nb.cells[1].source
+        opens = rel.replace("solutions/", "exercises/")  # no badge leads to a solution
+        assert course.colab_url(opens) in nb.cells[1].source
         assert nb.cells[1].metadata.tags == ["colab-badge"]
         setup = next(c for c in nb.cells if c.cell_type == "code")
         assert setup.source == release.setup_source() and setup.metadata.tags == ["setup"]
@@ -217,7 +223,8 @@ def test_every_notebook_opens_with_the_badge_and_the_setup_cell(path):
     nb = nbformat.read(path, as_version=4)
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     assert nb.cells[1].source == release.badge_source(rel)
-    assert f"({course.colab_url(rel)})" in nb.cells[1].source
+    assert f"({course.colab_url(rel.replace('solutions/', 'exercises/'))})" in nb.cells[1].source
+    assert "solutions/" not in nb.cells[1].source
     assert _code(nb)[0].source == release.setup_source(), "the first code cell is the setup"
     assert sum(c.source == release.setup_source() for c in nb.cells) == 1
 
