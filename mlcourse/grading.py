@@ -51,6 +51,7 @@ FRESH_CHECKS = (
     ' if m == "mlcourse" or m.startswith("mlcourse.")]:\n'
     "    del _mlcourse_sys.modules[_mlcourse_m]\n"
     'check = _mlcourse_il.import_module("mlcourse.checks")\n'
+    '_mlcourse_il.import_module("mlcourse.checks._core").GRADING = True\n'
 )
 
 

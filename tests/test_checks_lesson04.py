@@ -3,13 +3,19 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from own import own
 
 from mlcourse import fewshot
 from mlcourse.checks import lesson04
 from mlcourse.fewshot import maml_adapt
-from mlcourse.fewshot import protonet_logits as reference_logits
 from mlcourse.models import head_params
-from mlcourse.tasks.episodes import episodes_from_images, sample_bank_episodes
+from mlcourse.tasks import episodes
+
+reference_logits = own(fewshot.protonet_logits)
+protonet_loss = own(fewshot.protonet_loss)
+prototypes = own(fewshot.prototypes)
+episodes_from_images = own(episodes.episodes_from_images)
+sample_bank_episodes = own(episodes.sample_bank_episodes)
 
 
 def _verdict(result):
@@ -707,7 +713,7 @@ def _loss_from(*, protos_from="support", score="query", sign=-1.0, power=2, redu
                 torch.cat([tasks.y_support, tasks.y_query], 1),
             ),
         }
-        protos = fewshot.prototypes(*sets[protos_from], n_way)
+        protos = prototypes(*sets[protos_from], n_way)
         emb, labels = sets[score]
         dist = ((emb[:, :, None] - protos[:, None]) ** 2).sum(-1)
         logits = sign * (dist if power == 2 else dist.sqrt())
@@ -720,13 +726,13 @@ def loss_summed_over_tasks(model, tasks, n_way):
     """Each task's mean cross-entropy, added up."""
     support = fewshot.embed_tasks(model, tasks.x_support)
     query = fewshot.embed_tasks(model, tasks.x_query)
-    protos = fewshot.prototypes(support, tasks.y_support, n_way)
+    protos = prototypes(support, tasks.y_support, n_way)
     logits = -((query[:, :, None] - protos[:, None]) ** 2).sum(-1)
     return sum(F.cross_entropy(lt, yt) for lt, yt in zip(logits, tasks.y_query, strict=True))
 
 
 def loss_reference(model, tasks, n_way):
-    return fewshot.protonet_loss(model, tasks, n_way=n_way)[0]
+    return protonet_loss(model, tasks, n_way=n_way)[0]
 
 
 def loss_stub(model, tasks, n_way):
@@ -734,7 +740,7 @@ def loss_stub(model, tasks, n_way):
 
 
 def loss_with_accuracy(model, tasks, n_way):
-    return fewshot.protonet_loss(model, tasks, n_way=n_way)
+    return protonet_loss(model, tasks, n_way=n_way)
 
 
 def loss_item(model, tasks, n_way):

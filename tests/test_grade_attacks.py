@@ -178,6 +178,57 @@ for pid in os.listdir("/proc"):
     )
 
 
+PACKAGE_ANSWERS = {  # solution cell -> an answer that calls the package's implementation
+    "inner_update": """
+import torch.nn.functional as F
+from mlcourse.maml import adapt
+
+def inner_update(model, params, x_support, y_support, inner_lr):
+    return adapt(model, params, x_support, y_support, loss_fn=F.mse_loss, inner_lr=inner_lr)
+""",
+    "maml_meta_loss": """
+import torch.nn.functional as F
+import mlcourse.maml
+
+def maml_meta_loss(model, params, tasks, inner_lr, num_inner_steps):
+    return mlcourse.maml.meta_loss(model, params, tasks, loss_fn=F.mse_loss,
+                                   inner_lr=inner_lr, num_inner_steps=num_inner_steps)
+""",
+    "fixed_maml_step": """
+import torch.nn.functional as F
+from mlcourse.maml import meta_loss
+
+def fixed_maml_step(model, meta_optimizer, tasks, inner_lr):
+    meta_optimizer.zero_grad()
+    loss = meta_loss(model, dict(model.named_parameters()), tasks, loss_fn=F.mse_loss,
+                     inner_lr=inner_lr)
+    loss.backward()
+    meta_optimizer.step()
+    return loss.item()
+""",
+    "fixed_meta_test": """
+import torch.nn.functional as F
+from torch.func import functional_call
+from mlcourse.maml import adapt
+
+def fixed_meta_test(model, x_support, y_support, x_query, inner_lr, num_inner_steps):
+    params = adapt(model, dict(model.named_parameters()), x_support, y_support,
+                   loss_fn=F.mse_loss, inner_lr=inner_lr, num_inner_steps=num_inner_steps)
+    return functional_call(model, params, (x_query,)).detach()
+""",
+}
+
+
+def calls_the_package(_):
+    """Answers every exercise by calling the package's own implementation of it."""
+    nb = _exercise()
+    for cell in nb.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id in PACKAGE_ANSWERS:
+            cell.source = PACKAGE_ANSWERS[grade_id]
+    return nb
+
+
 ATTACKS = {
     f.__name__: f
     for f in (
@@ -188,6 +239,7 @@ ATTACKS = {
         classmates_notebook,
         lasting_daemon,
         saboteur,
+        calls_the_package,
     )
 }
 

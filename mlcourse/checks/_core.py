@@ -28,6 +28,7 @@ CHECK_MIME = "application/vnd.mlcourse.check+json"  # how a displayed result rea
 NBGRADER_ENV = "NBGRADER_EXECUTION"  # set by nbgrader to "autograde" or "validate"
 REGISTRY: dict[str, dict] = {}  # check name -> {"lesson": ..., "points": ...}
 RESULTS: list[CheckResult] = []  # this kernel's results, in order
+GRADING = False  # set by `mlcourse grade` in the checks it imports afresh before a check cell
 
 
 class Fail(AssertionError):
@@ -119,7 +120,7 @@ def check(lesson: str, points: float = 1.0, forbid: tuple[str, ...] = ()) -> Cal
         def run(*args, **kwargs) -> CheckResult | None:
             hint = None
             nbgrader = os.environ.get(NBGRADER_ENV) in ("autograde", "validate")
-            with _quiet(nbgrader) as noise, _forbidden(forbid) as used:
+            with _quiet(nbgrader) as noise, _forbidden(forbid, (*args, *kwargs.values())) as used:
                 try:
                     message = body(*args, **kwargs)
                     passed = True
@@ -188,6 +189,23 @@ def _called_by_learner(frame) -> bool:
     return False
 
 
+def _resolve(path: str):
+    """The object at a dotted path: a module's function, or a class's method
+    (``mlcourse.rl.bandits.BayesOptimal.__init__``)."""
+    import importlib
+
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            target = getattr(target, name)
+        return target
+    raise ImportError(f"cannot find {path}")
+
+
 _GUARD = """
 def guard(*args, **kwargs):
     real, path, used, by_learner, caller, stop = {key}
@@ -198,42 +216,95 @@ def guard(*args, **kwargs):
 """
 
 
+def _is_one_of_any(answers: tuple, function) -> bool:
+    return any(_is_one_of(answer, [function]) for answer in answers)
+
+
+def _is_one_of(answer, functions: list) -> bool:
+    """Whether ``answer`` is one of ``functions`` itself (or a partial, method or decorated
+    version of one)."""
+    for _ in range(10):  # partials of partials, bound methods
+        if any(answer is f for f in functions):
+            return True
+        inner = next(
+            (getattr(answer, a) for a in ("func", "__func__", "__wrapped__") if hasattr(answer, a)),
+            None,
+        )
+        if inner is None:
+            return False
+        answer = inner
+    return False
+
+
+def _same_function(a, b) -> bool:
+    """The same source function (e.g. the one a notebook imported, and the same one imported
+    again after the grader reloaded the package): same file, name and first line."""
+    ca, cb = a.__code__, b.__code__
+    return (ca.co_filename, ca.co_name, ca.co_firstlineno) == (
+        cb.co_filename,
+        cb.co_name,
+        cb.co_firstlineno,
+    )
+
+
+def _install_guard(function, path: str, used: list) -> tuple:
+    """Swaps ``function``'s code for the guard; returns what restores it."""
+    import types
+
+    if function.__closure__:
+        raise TypeError(f"{path} has a closure: it cannot be guarded")
+    real = types.FunctionType(
+        function.__code__,
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    real.__kwdefaults__ = function.__kwdefaults__
+    key = f"__mlcourse_forbidden_{id(function)}__"
+    function.__globals__[key] = (
+        real,
+        path,
+        used,
+        _called_by_learner,
+        sys._getframe,
+        _UsedReference,
+    )
+    scope: dict = {}
+    exec(compile(_GUARD.format(key=key), f"<guard of {path}>", "exec"), scope)
+    saved = (function, function.__code__, function.__defaults__, function.__kwdefaults__, key)
+    function.__code__ = scope["guard"].__code__
+    function.__defaults__ = function.__kwdefaults__ = None
+    return saved
+
+
 @contextlib.contextmanager
-def _forbidden(paths: tuple[str, ...]):
-    """While active, each package function named in ``paths`` (``"mlcourse.maml.adapt"``)
-    runs a guard in place of its code: called from the learner's code (however it got there:
-    the module's attribute, a name imported into a notebook, a ``functools.partial``, a
-    library such as ``torch.func``), the guard notes the call in the yielded list and stops it;
-    called from the package (the check's own reference), it runs the real function."""
-    import importlib
+def _forbidden(paths: tuple[str, ...], answers: tuple = ()):
+    """While active, each package function named in ``paths`` (``"mlcourse.maml.adapt"``),
+    and every other function object made from the same source (a notebook may hold one from
+    before the grader re-imported the package), runs a guard in place of its code. Called from
+    the learner's code (however it got there: the module's attribute, a name imported into a
+    notebook, a ``functools.partial``, a library such as ``torch.func``), the guard notes the
+    call in the yielded list and stops it; called from the package (the check's own
+    reference), it runs the real function. An answer that *is* one of them is noted too."""
+    import gc
     import types
 
     used: list[str] = []
-    swapped = []  # (function, code, defaults, kwdefaults, key)
+    swapped = []
     try:
+        functions = []
+        if paths and GRADING:  # the package was imported afresh: older copies may be about
+            functions = [f for f in gc.get_objects() if type(f) is types.FunctionType]
         for path in paths:
-            module_name, name = path.rsplit(".", 1)
-            original = inspect.unwrap(getattr(importlib.import_module(module_name), name))
-            if original.__closure__:
-                raise TypeError(f"{path} has a closure: it cannot be guarded")
-            real = types.FunctionType(
-                original.__code__,
-                original.__globals__,
-                original.__name__,
-                original.__defaults__,
-                original.__closure__,
-            )
-            real.__kwdefaults__ = original.__kwdefaults__
-            key = f"__mlcourse_forbidden_{id(original)}__"
-            original.__globals__[key] = (real, path, used, _called_by_learner, sys._getframe)
-            original.__globals__[key] += (_UsedReference,)
-            scope: dict = {}
-            exec(compile(_GUARD.format(key=key), f"<guard of {path}>", "exec"), scope)
-            swapped.append(
-                (original, original.__code__, original.__defaults__, original.__kwdefaults__, key)
-            )
-            original.__code__ = scope["guard"].__code__
-            original.__defaults__ = original.__kwdefaults__ = None
+            original = inspect.unwrap(_resolve(path))
+            copies = [original] + [
+                f for f in functions if f is not original and _same_function(f, original)
+            ]
+            for function in copies:
+                swapped.append(_install_guard(function, path, used))
+                if _is_one_of_any(answers, function) and path not in used:
+                    used.append(path)
         yield used
     finally:
         for function, code, defaults, kwdefaults, key in reversed(swapped):

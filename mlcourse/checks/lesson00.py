@@ -40,7 +40,7 @@ def _same(a, b: torch.Tensor) -> bool:
     )
 
 
-@check("00_welcome", points=1)
+@check("00_welcome", points=1, forbid=("mlcourse.checks.lesson00._reference",))
 def support_query_split(fn) -> str:
     """Checks ``fn(x, y, k_support) -> (x_support, y_support, x_query, y_query)``.
 

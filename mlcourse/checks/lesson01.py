@@ -46,7 +46,7 @@ __all__ = ["meta_objective", "meta_train"]
 # Implement: the meta-objective.
 
 
-@check(LESSON, points=2)
+@check(LESSON, points=2, forbid=("mlcourse.maml.meta_loss", "mlcourse.maml.meta_loss_loop"))
 def meta_objective(fn) -> str:
     """Checks ``fn(model, params, tasks, adapt_fn) -> scalar tensor``: the mean over tasks of the
     query MSE of ``adapt_fn(params, x_support_i, y_support_i)``, differentiable in ``params``.
@@ -343,7 +343,7 @@ def _probe_steps(fn) -> None:
         )
 
 
-@check(LESSON, points=3)
+@check(LESSON, points=3, forbid=("mlcourse.maml.meta_loss", "mlcourse.maml.meta_loss_loop"))
 def meta_train(fn, num_steps: int = TRAIN_STEPS) -> str:
     """Runs ``fn(model, num_steps, generator)`` on a fresh seeded 1-40-40-1 MLP, then checks that
     the query MSE after one SGD step (size 0.01) on 10 support points of held-out tasks is below

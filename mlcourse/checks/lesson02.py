@@ -215,7 +215,16 @@ def _step_size_fail(out, params, ref, inner_lr, what: str) -> None:
         )
 
 
-@check(LESSON, points=1)
+@check(
+    LESSON,
+    points=1,
+    forbid=(
+        "mlcourse.maml.adapt",
+        "mlcourse.maml.adapt_batch",
+        "mlcourse.maml.adapt_reference",
+        "mlcourse.maml._adapt",
+    ),
+)
 def inner_update(fn: Callable) -> str:
     """Checks ``fn(model, params, x_support, y_support, inner_lr) -> dict``: one differentiable
     step of SGD on the mean squared error, from the model's own parameters and from parameters
@@ -369,7 +378,18 @@ META_LOSS_HINT = (
 )
 
 
-@check(LESSON, points=2)
+@check(
+    LESSON,
+    points=2,
+    forbid=(
+        "mlcourse.maml.meta_loss",
+        "mlcourse.maml.meta_loss_loop",
+        "mlcourse.maml.adapt",
+        "mlcourse.maml.adapt_batch",
+        "mlcourse.maml.adapt_reference",
+        "mlcourse.maml._adapt",
+    ),
+)
 def maml_meta_loss(fn: Callable) -> str:
     """Checks ``fn(model, params, tasks, inner_lr, num_inner_steps) -> scalar``: the mean over
     tasks of the query MSE after ``num_inner_steps`` second-order SGD steps on the support set."""
@@ -560,7 +580,18 @@ def _run_step(fn: Callable, model: nn.Module, tasks: TaskBatch, inner_lr: float)
     return returned, opt.grads
 
 
-@check(LESSON, points=2)
+@check(
+    LESSON,
+    points=2,
+    forbid=(
+        "mlcourse.maml.meta_loss",
+        "mlcourse.maml.meta_loss_loop",
+        "mlcourse.maml.adapt",
+        "mlcourse.maml.adapt_batch",
+        "mlcourse.maml.adapt_reference",
+        "mlcourse.maml._adapt",
+    ),
+)
 def fixed_maml_step(fn: Callable) -> str:
     """Checks ``fn(model, meta_optimizer, tasks, inner_lr) -> loss``: one second-order MAML
     meta-update (one inner SGD step on each task's support set, mean query MSE, one optimizer
@@ -643,7 +674,16 @@ def _accumulating(model, params, data, inner_lr, steps, start) -> Tensor:
     return functional_call(model, fast, (xq,)).detach()
 
 
-@check(LESSON, points=1)
+@check(
+    LESSON,
+    points=1,
+    forbid=(
+        "mlcourse.maml.adapt",
+        "mlcourse.maml.adapt_batch",
+        "mlcourse.maml.adapt_reference",
+        "mlcourse.maml._adapt",
+    ),
+)
 def fixed_meta_test(fn: Callable) -> str:
     """Checks ``fn(model, x_support, y_support, x_query, inner_lr, num_inner_steps) ->
     predictions``: adapt on the support set, predict the query set, leave the model as it was."""

@@ -32,7 +32,9 @@ __all__ = ["k2_gradients", "reptile_update"]
 # reptile_update
 
 
-@check(LESSON, points=2)
+@check(
+    LESSON, points=2, forbid=("mlcourse.reptile.reptile_step", "mlcourse.reptile.reptile_step_loop")
+)
 def reptile_update(fn) -> str:
     """Checks ``fn(theta, adapted, outer_lr) -> new theta`` against
     :func:`mlcourse.reptile.reptile_step` (batched), in float64 on random tasks."""
@@ -175,7 +177,7 @@ def _random_losses(seed: int, d: int = 6, n: int = 8):
     return make(), make(), phi
 
 
-@check(LESSON, points=3)
+@check(LESSON, points=3, forbid=("mlcourse.checks.lesson03.k2_reference",))
 def k2_gradients(fn) -> str:
     """Checks ``fn(loss_1, loss_2, phi, inner_lr) -> {"maml", "fomaml", "reptile"}`` against
     :func:`k2_reference` in float64 on random smooth losses."""

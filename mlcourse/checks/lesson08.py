@@ -30,7 +30,7 @@ TD3_CASES = [  # (seed, dones, gamma)
 ]
 
 
-@check(LESSON, points=1)
+@check(LESSON, points=1, forbid=("mlcourse.metagenrl.critic_loss",))
 def td3_target(fn: Callable) -> str:
     """Checks ``fn(rewards, dones, q1_next, q2_next, gamma) -> (B,)``:
     r + γ (1 − d) min(Q₁', Q₂'), a constant (no gradient into the target critics), for two
@@ -95,7 +95,7 @@ def _td3_case(fn: Callable, seed: int, dones: Tensor, gamma: float) -> None:
 SOFT_CASES = [(1, 0.1), (2, 0.3)]  # (seed, tau)
 
 
-@check(LESSON, points=1)
+@check(LESSON, points=1, forbid=("mlcourse.metagenrl.soft_update",))
 def soft_update(fn: Callable) -> str:
     """Checks ``fn(target, source, tau) -> dict``: (1 − τ)·target + τ·source, parameter by
     parameter, leaving the source untouched, for two values of τ."""
@@ -174,7 +174,7 @@ def _problem(seed: int):
     return params, alpha, loss
 
 
-@check(LESSON, points=2)
+@check(LESSON, points=2, forbid=("mlcourse.metagenrl.objective_meta_loss",))
 def normalized_step(fn: Callable) -> str:
     """Checks ``fn(loss, params, step_size) -> dict``: θ' = θ − η·g/‖g‖ with g = ∇_θ loss(θ)
     and ‖g‖ the norm over *all* parameters together, differentiable in the loss's own

@@ -80,7 +80,7 @@ def _run_outer(start, batches, stale, *, zero_first=True, zero_after=False):
     return params["w"].detach(), losses
 
 
-@check(LESSON, points=1)
+@check(LESSON, points=1, forbid=("mlcourse.relation.outer_step",))
 def outer_step(fn: Callable) -> str:
     """Checks ``fn(learner, params, optimizer, tasks, generator) -> loss`` over three steps of
     SGD with momentum on a toy meta-learner, with old gradients left in ``.grad`` before the
@@ -193,7 +193,7 @@ def _variant(logits, actions, rewards, lr, *, centre=0.5, reduce="mean", per_tas
     return batched + lr * g
 
 
-@check(LESSON, points=2)
+@check(LESSON, points=2, forbid=("mlcourse.relation.bandit_inner_step",))
 def bandit_inner_step(fn: Callable) -> str:
     """Checks ``fn(logits, actions, rewards, inner_lr) -> (num_tasks, num_arms)``: one
     policy-gradient ascent step per task on its own pulls, rewards centred on 0.5, averaged
@@ -298,7 +298,15 @@ def _regressor_problem():
     return model, tasks, other
 
 
-@check(LESSON, points=2)
+@check(
+    LESSON,
+    points=2,
+    forbid=(
+        "mlcourse.relation.BlackBoxRegressor.forward",
+        "mlcourse.relation.BlackBoxRegressor.encode",
+        "mlcourse.relation.BlackBoxRegressor.decode",
+    ),
+)
 def blackbox_predict(fn: Callable) -> str:
     """Checks ``fn(model, x_support, y_support, x_query) -> (T, Q, 1)`` against
     ``model(x_support, y_support, x_query)``: a zero state per task, every support pair read
