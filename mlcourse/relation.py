@@ -557,8 +557,9 @@ class MAMLBandit:
     policy-gradient step on ``support_pulls`` pulls of each bandit (see
     :func:`bandit_maml_objective`).
 
-    Arms are exchangeable under the task distribution, so the best initial logits are equal:
-    the initialisation has nothing to learn. The inner step size is what matters, so it is
+    Arms are exchangeable under the task distribution, so equal initial logits are a
+    stationary point of the objective (not always its best: at small inner steps, exploring
+    fewer arms pays more; lesson 09 computes it). The inner step size matters most, so it is
     meta-learned too (``log_inner_lr``, as Meta-SGD does per parameter).
 
     Args:
