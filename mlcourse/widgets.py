@@ -1,16 +1,21 @@
 """Interactive figures with a static fallback. Introduced in lesson 01.
 
-:func:`interact` first shows the figure for the default values as a plain image, which every
-front end renders (nbconvert, GitHub, a grader), then the sliders with a live figure below
-them, which JupyterLab, Jupyter Notebook and Colab render.
+:func:`interact` displays one output that front ends read in two ways: JupyterLab, Jupyter
+Notebook and Colab show the controls with a live figure below them; front ends without a live
+kernel (nbconvert, GitHub, a static site) show the figure for the default values as a plain
+image instead. Either way the figure appears once, at its own size.
 """
 
 from __future__ import annotations
 
+import base64
 import io
+import struct
 from collections.abc import Callable
 
 import matplotlib.pyplot as plt
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def _png(fig) -> bytes:
@@ -20,12 +25,34 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def png_size(png: bytes) -> tuple[int, int]:
+    """``(width, height)`` in pixels of a PNG image, read from its header.
+
+    >>> buf = io.BytesIO()
+    >>> plt.imsave(buf, [[0.0] * 5] * 3, format="png")
+    >>> png_size(buf.getvalue())
+    (5, 3)
+    """
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG image")
+    return struct.unpack(">II", png[16:24])
+
+
+def _fit(image, png: bytes) -> None:
+    """Shows the widget's PNG at its own size (shrunk, never stretched, to fit the page)."""
+    width, _ = png_size(png)
+    image.layout.width = f"{width}px"
+    image.layout.max_width = "100%"
+    image.layout.height = "auto"
+
+
 def interact(draw: Callable[..., object], *, static: bool = True, **controls):
     """Shows ``draw(**values)`` with one control per keyword.
 
     Args:
         draw: returns a matplotlib ``Figure`` for the given control values.
-        static: also show the default figure as a plain image first (the fallback).
+        static: also give front ends without a live kernel the default figure as a plain
+            image (in the same output: a live front end shows only the widget).
         **controls: ``name=widget`` pairs, e.g. ``steps=IntSlider(value=1, min=0, max=10)``;
             each widget's ``value`` is its default.
 
@@ -33,21 +60,24 @@ def interact(draw: Callable[..., object], *, static: bool = True, **controls):
         The ``ipywidgets.VBox`` holding the controls and the live figure.
     """
     import ipywidgets as widgets
-    from IPython.display import Image, display
+    from IPython.display import display
 
-    values = {name: w.value for name, w in controls.items()}
-    if static:
-        display(Image(_png(draw(**values))))
-    image = widgets.Image(format="png", value=_png(draw(**values)))
-    image.layout.max_width = "720px"  # the PNG at its own size, not stretched to the page
+    first = _png(draw(**{name: w.value for name, w in controls.items()}))
+    image = widgets.Image(format="png", value=first)
+    _fit(image, first)
 
     def redraw(_change=None):
-        image.value = _png(draw(**{name: w.value for name, w in controls.items()}))
+        png = _png(draw(**{name: w.value for name, w in controls.items()}))
+        image.value = png
+        _fit(image, png)
 
     for w in controls.values():
         w.observe(redraw, names="value")
     box = widgets.VBox([*controls.values(), image])
-    display(box)
+    bundle = box._repr_mimebundle_()
+    if static:
+        bundle["image/png"] = base64.b64encode(first).decode("ascii")
+    display(bundle, raw=True)
     return box
 
 
