@@ -38,15 +38,23 @@ def test_pass_is_a_truthy_result_with_points(registry):
     assert registry["doubles"] == {"lesson": "99_test", "points": 2, "forbid": ()}
     result = doubles(lambda x: 2 * x)
     assert result and result.passed and result.points == 2 and result.max_points == 2
-    assert str(result) == "✅ doubles: fn(3) == 6"
+    assert str(result) == "✅ PASS doubles: fn(3) == 6"
     assert "✅" in result._repr_html_()
 
 
 def test_fail_shows_message_and_hint(registry):
     result = _make_checks()(lambda x: x + 2)
     assert not result and result.points == 0
-    assert str(result) == "❌ doubles: fn(3) returned 5, expected 6\n   hint: multiply by 2"
-    assert "hint: multiply by 2" in result._repr_html_()
+    assert str(result) == "❌ FAIL doubles: fn(3) returned 5, expected 6\n   hint: multiply by 2"
+    assert "<b>FAIL</b>" in result._repr_html_() and "<i>hint:</i> multiply by 2" in (
+        result._repr_html_()
+    )
+
+
+def test_code_in_a_message_shows_without_backticks(registry):
+    result = _core.CheckResult("c", "99_test", False, "use `a < b`", "call `f(x)`", 0.0, 1.0)
+    assert str(result) == "❌ FAIL c: use 'a < b'\n   hint: call 'f(x)'"
+    assert "<code>a &lt; b</code>" in result._repr_html_() and "`" not in result._repr_html_()
 
 
 def test_stub_is_not_implemented_yet(registry):

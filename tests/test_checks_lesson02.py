@@ -154,6 +154,19 @@ def meta_ok(model, params, tasks, inner_lr, num_inner_steps):
     return meta_loss_with(model, params, tasks, inner_lr, num_inner_steps)
 
 
+def meta_restarts_from_theta(model, params, tasks, inner_lr, num_inner_steps):
+    """Takes every inner step, but each one from θ: they add up to one step."""
+    losses = []
+    for i in range(tasks.num_tasks):
+        fast = dict(params)
+        for _ in range(num_inner_steps):
+            fast = sgd_step(model, params, tasks.x_support[i], tasks.y_support[i], inner_lr)
+        losses.append(
+            F.mse_loss(functional_call(model, fast, (tasks.x_query[i],)), tasks.y_query[i])
+        )
+    return torch.stack(losses).mean()
+
+
 WRONG_META = {
     "first-order": (dict(create_graph=False), "first-order"),
     "no split": (dict(score_on="support"), "no support/query split"),
@@ -565,6 +578,7 @@ def test_maml_meta_loss_rejects(kind):
         (meta_model_params, "model's own parameters"),
         (meta_one_extra_step, "one inner step too many"),
         (meta_one_step_short, "one inner step too few"),
+        (meta_restarts_from_theta, "each of the 3 inner steps starts again from θ"),
     ],
 )
 def test_maml_meta_loss_rejects_other(fn, fragment):

@@ -14,6 +14,7 @@ import inspect
 import io
 import json
 import os
+import re
 import sys
 import sysconfig
 import traceback
@@ -53,17 +54,17 @@ class CheckResult:
     max_points: float
 
     def __str__(self) -> str:
-        mark = "✅" if self.passed else "❌"
-        text = f"{mark} {self.check}: {self.message}"
-        return text + (f"\n   hint: {self.hint}" if self.hint else "")
+        verdict = "✅ PASS" if self.passed else "❌ FAIL"
+        text = f"{verdict} {self.check}: {_plain(self.message)}"
+        return text + (f"\n   hint: {_plain(self.hint)}" if self.hint else "")
 
     def _repr_html_(self) -> str:
         color = "#1a7f37" if self.passed else "#cf222e"
-        mark = "✅" if self.passed else "❌"
-        hint = f"<br><i>hint: {_escape(self.hint)}</i>" if self.hint else ""
+        verdict = "✅ <b>PASS</b>" if self.passed else "❌ <b>FAIL</b>"
+        hint = f"<br><i>hint:</i> {_code_html(self.hint)}" if self.hint else ""
         return (
             f'<div style="border-left:4px solid {color};padding:4px 8px">'
-            f"{mark} <b>{_escape(self.check)}</b>: {_escape(self.message)}{hint}</div>"
+            f"{verdict} <b>{_escape(self.check)}</b>: {_code_html(self.message)}{hint}</div>"
         )
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
@@ -81,6 +82,16 @@ class CheckResult:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _plain(text: str) -> str:
+    """A message for plain text: ``code`` spans in quotes instead of backticks."""
+    return re.sub(r"`([^`]+)`", r"'\1'", text)
+
+
+def _code_html(text: str) -> str:
+    """A message as HTML: ``code`` spans as <code>, everything escaped."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _escape(text))
 
 
 def record(result: CheckResult) -> None:

@@ -398,7 +398,17 @@ def maml_meta_loss(fn: Callable) -> str:
     # may do: the loss must adapt from `params`, whatever the model holds.
     params = {n: p.detach().requires_grad_() for n, p in _shifted(params_of(model), 14).items()}
     before = _snapshot(model)
-    out = fn(model, params, tasks, inner_lr, steps)
+    support_calls = [0]  # forward passes on one task's support set: one per inner step
+
+    def count(_module, inputs):
+        if inputs and isinstance(inputs[0], Tensor) and inputs[0].shape == tasks.x_support[0].shape:
+            support_calls[0] += 1
+
+    hook = model.register_forward_pre_hook(count)
+    try:
+        out = fn(model, params, tasks, inner_lr, steps)
+    finally:
+        hook.remove()
     _expect_model_unchanged(model, before, "maml_meta_loss")
     if not isinstance(out, Tensor):
         raise Fail(
@@ -412,6 +422,14 @@ def maml_meta_loss(fn: Callable) -> str:
         mistake = _first_match(
             out, _meta_loss_variants(model, params, tasks, inner_lr, steps), _same
         )
+        if mistake and mistake.startswith("num_inner_steps is ignored"):
+            if support_calls[0] >= steps * tasks.num_tasks:  # steps were taken, all from θ
+                raise Fail(
+                    f"each of the {steps} inner steps starts again from θ: the support loss is "
+                    "computed at `params` every time, so the steps add up to one step",
+                    "compute step k's support loss at the fast weights of step k - 1 "
+                    "(functional_call(model, fast, ...)) and update fast from fast",
+                )
         if mistake:
             raise Fail(mistake, META_LOSS_HINT)
     try:
