@@ -82,16 +82,18 @@ def interact(draw: Callable[..., object], *, static: bool = True, **controls):
 
 
 def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0):
-    """Play a Bernoulli bandit against an RL² agent: one button per arm. Lesson 06.
+    """Play Bernoulli bandits against an RL² agent: one button per arm. Lesson 06.
 
     Each click pulls an arm of the current bandit for you; the agent plays the same bandit with
     the same luck, and both histories are redrawn: pulls as coloured marks (a dot where the pull
-    paid), scores in the title. A bandit is drawn once, from its seed: the arms' success
-    probabilities ``p[a]`` (the bandit :class:`~mlcourse.envs.BernoulliBanditVectorEnv` draws
-    with that seed), then a table of uniforms ``u[t, a]``; pull ``t`` of arm ``a`` pays 1 when
-    ``u[t, a] < p[a]``, whoever pulls it. "new bandit" draws another one; after ``num_pulls``
-    pulls the true probabilities are revealed. Shows the agent's trial as a plain image first
-    (the static fallback).
+    paid), this bandit's scores in the title. A bandit is drawn once, from its seed: the arms'
+    success probabilities ``p[a]`` (the bandit :class:`~mlcourse.envs.BernoulliBanditVectorEnv`
+    draws with that seed), then a table of uniforms ``u[t, a]``; pull ``t`` of arm ``a`` pays 1
+    when ``u[t, a] < p[a]``, whoever pulls it. After ``num_pulls`` pulls the true probabilities
+    are revealed and the bandit joins the running score below the figure (your total, the
+    agent's total over the same bandits, and how many bandits were played); "new bandit" draws
+    the next one. A bandit left before its last pull does not count. Front ends without a live
+    kernel show the agent's first trial as a plain image instead (the static fallback).
 
     Args:
         policy: an :class:`mlcourse.rl2.RL2Policy` trained on ``num_arms`` arms.
@@ -99,13 +101,14 @@ def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0
         seed: the first bandit's seed (then seed + 1, ...).
 
     Returns:
-        The ``ipywidgets.VBox`` (its ``.game`` attribute holds the state, for tests: ``probs``
-        ``(num_arms,)``, ``luck`` ``(num_pulls, num_arms)``, the agent's ``Trials``, your
-        ``pulls`` and ``rewards``).
+        The ``ipywidgets.VBox`` of the buttons, the figure and the running score. Its ``.game``
+        attribute holds the state, for tests: ``probs`` ``(num_arms,)``, ``luck``
+        ``(num_pulls, num_arms)``, the agent's ``Trials``, your ``pulls`` and ``rewards``, and
+        ``score``, the running totals ``{"you": float, "agent": float, "bandits": int}``.
     """
     import ipywidgets as widgets
     import torch
-    from IPython.display import Image, display
+    from IPython.display import display
 
     from mlcourse import rl2
 
@@ -129,7 +132,7 @@ def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0
             ended = torch.tensor([self.pulls == self.num_pulls])
             return torch.zeros(1, dtype=torch.long), reward, ended, torch.zeros_like(ended), {}
 
-    game: dict = {}
+    game: dict = {"score": {"you": 0.0, "agent": 0.0, "bandits": 0}}
 
     def new_bandit(bandit_seed: int) -> None:
         draw = torch.Generator().manual_seed(bandit_seed)
@@ -163,23 +166,46 @@ def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0
                     fontsize=7,
                 )
         done = len(pulls) >= num_pulls
-        title = f"you {int(sum(game['rewards']))} – agent {int(agent.rewards[:shown, 0].sum())}"
+        title = (
+            f"this bandit: you {int(sum(game['rewards']))}, "
+            f"the agent {int(agent.rewards[:shown, 0].sum())}"
+        )
         if done:
-            title += f"   (probabilities: {agent.task['probs'][0].numpy().round(2)})"
+            probs = ", ".join(f"{p:.2f}" for p in agent.task["probs"][0].tolist())
+            title += f"   (arm probabilities: {probs})"
         ax.set(
             yticks=[0, 1],
             yticklabels=["agent", "you"],
+            xticks=range(num_pulls),
+            xticklabels=[str(t + 1) for t in range(num_pulls)],
             xlim=(-0.5, num_pulls - 0.5),
             ylim=(-0.6, 1.6),
-            xlabel="pull",
+            xlabel="pull (dot: paid, cross: not paid; the number is the arm)",
             title=title,
         )
         return fig
 
+    def score_text() -> str:
+        score = game["score"]
+        if score["bandits"] == 0:
+            return "Running score: no bandit finished yet."
+        plural = "s" if score["bandits"] > 1 else ""
+        return (
+            f"Running score over {score['bandits']} bandit{plural}: "
+            f"you {score['you']:.0f}, the agent {score['agent']:.0f}."
+        )
+
     new_bandit(seed)
-    display(Image(_png(figure())))
-    image = widgets.Image(format="png", value=_png(figure()))
-    image.layout.max_width = "720px"
+    first = _png(figure())
+    image = widgets.Image(format="png", value=first)
+    _fit(image, first)
+    label = widgets.HTML(value=score_text())
+
+    def redraw() -> None:
+        png = _png(figure())
+        image.value = png
+        _fit(image, png)
+        label.value = score_text()
 
     def pull(arm: int) -> None:
         if len(game["pulls"]) >= num_pulls:
@@ -187,11 +213,15 @@ def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0
         _, reward, *_ = game["env"].step(torch.tensor([arm]))
         game["pulls"].append(arm)
         game["rewards"].append(float(reward.item()))
-        image.value = _png(figure())
+        if len(game["pulls"]) == num_pulls:  # the bandit is over: it joins the running score
+            game["score"]["you"] += sum(game["rewards"])
+            game["score"]["agent"] += float(game["agent"].rewards[:, 0].sum())
+            game["score"]["bandits"] += 1
+        redraw()
 
     def restart(_button=None) -> None:
         new_bandit(game["seed"] + 1)
-        image.value = _png(figure())
+        redraw()
 
     buttons = []
     for arm in range(num_arms):
@@ -200,7 +230,9 @@ def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0
         buttons.append(button)
     again = widgets.Button(description="new bandit")
     again.on_click(restart)
-    box = widgets.VBox([widgets.HBox([*buttons, again]), image])
+    box = widgets.VBox([widgets.HBox([*buttons, again]), image, label])
     box.game = game
-    display(box)
+    bundle = box._repr_mimebundle_()
+    bundle["image/png"] = base64.b64encode(first).decode("ascii")
+    display(bundle, raw=True)
     return box

@@ -536,8 +536,8 @@ def test_export_and_the_shipped_agents(tmp_path):
         rl2.load_pretrained("no-such-agent")
 
 
-# The agents shipped for the README's Table 1-2 rows: the trials the README's figure averages,
-# that figure and the course's target.
+# The agents shipped for the Table 1-2 rows of the reproduction report (docs/reproductions.md):
+# the trials the report's figure averages, that figure and the course's target.
 TABLE_AGENTS = {
     "rl2-bandit-k5-n10": (20000, 6.610, 6.6),
     "rl2-mdp-n10": (2000, 151.40, 150.0),
@@ -546,7 +546,8 @@ TABLE_AGENTS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TABLE_AGENTS))
-def test_shipped_table_agents_reproduce_their_readme_figures(name):
+def test_shipped_table_agents_reproduce_their_report_figures(name):
+    """Each shipped table agent still scores its figure in the reproduction report."""
     trials, figure, target = TABLE_AGENTS[name]
     policy, config, _ = rl2.load_pretrained(name)
     result = rl2.evaluate(policy, config, num_trials=trials)  # the held-out tasks of the table

@@ -57,3 +57,29 @@ def test_the_bandits_are_those_the_seeds_draw_and_new_bandit_moves_on():
     _, task = env.reset(seed=8)
     assert box.game["seed"] == 8 and box.game["pulls"] == [] and box.game["rewards"] == []
     assert torch.equal(box.game["probs"], task["probs"][0])
+
+
+def test_the_running_score_adds_up_finished_bandits_for_both_players():
+    box, buttons = duel(100)
+    score, label = box.game["score"], box.children[2]
+    assert score == {"you": 0.0, "agent": 0.0, "bandits": 0} and "no bandit" in label.value
+    you = agent = 0.0
+    for played in (1, 2):
+        game = box.game
+        for t in range(NUM_PULLS):  # always arm 0: a strategy of one's own
+            buttons[0].click()
+            if t < NUM_PULLS - 1:  # the bandit counts only once its last pull is made
+                assert score["bandits"] == played - 1
+        you += sum(game["rewards"])
+        agent += game["agent"].rewards[:, 0].sum().item()
+        assert score == {"you": you, "agent": agent, "bandits": played}
+        assert f"over {played} bandit" in label.value
+        assert f"you {you:.0f}, the agent {agent:.0f}" in label.value
+        buttons[0].click()  # past the trial's end: ignored, counted once
+        assert score["bandits"] == played
+        buttons[-1].click()  # new bandit
+    assert box.game["seed"] == 102 and box.game["score"] is score
+    buttons[1].click()
+    buttons[-1].click()  # a bandit left before its last pull does not count
+    assert score == {"you": you, "agent": agent, "bandits": 2}
+    assert 0 < you + agent  # the check saw rewards
