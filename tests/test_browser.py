@@ -1,5 +1,6 @@
 """A real JupyterLab in headless Chromium: open lesson 02, Run All Cells from the Run menu, move
-a widget slider and check that the plot changes.
+a widget slider and check that the plot changes and appears once; screenshot the widget and a
+diagram into build/screenshots/.
 
 Needs Debian's Chromium at /usr/bin/chromium (`apt-get install -y chromium`) and the Python
 Playwright package (never `playwright install`). The server, the browser and every setting they
@@ -40,6 +41,7 @@ SERVER_START_S = 90
 KERNEL_READY_MS = 120_000
 RUN_ALL_MS = 420_000  # fast mode takes well under a minute on an idle CPU; CI machines are shared
 WIDGET_REDRAW_MS = 60_000
+SHOTS = ROOT / "build" / "screenshots"  # kept after the test (git-ignored), for reviewers
 
 
 def _free_port() -> int:
@@ -194,10 +196,22 @@ def test_lesson_02_runs_in_jupyterlab_and_its_slider_redraws(tmp_path):
                 expect(readout).not_to_have_text(start)
                 expect(image.first).not_to_have_attribute("src", before, timeout=WIDGET_REDRAW_MS)
 
+                # one figure in a live kernel: the widget's, not also a static copy above it
+                code_cell = "contains(concat(' ', normalize-space(@class), ' '), ' jp-CodeCell ')"
+                cell = box.first.locator(f"xpath=ancestor::div[{code_cell}][1]")
+                expect(cell.locator(".jp-OutputArea img")).to_have_count(1)
                 box.first.scroll_into_view_if_needed()
-                shot = tmp_path / "02_maml_widget.png"
-                page.screenshot(path=str(shot))
+                SHOTS.mkdir(parents=True, exist_ok=True)
+                shot = SHOTS / "02_maml_widget.png"
+                cell.screenshot(path=str(shot))
                 assert shot.stat().st_size > 0
+
+                diagram = page.locator(".jp-CodeCell").filter(has_text="diagrams.maml_graph()")
+                picture = diagram.locator(".jp-OutputArea img").first
+                picture.scroll_into_view_if_needed()
+                assert picture.evaluate("img => img.naturalWidth") > 300, "the diagram did not load"
+                picture.screenshot(path=str(SHOTS / "02_maml_diagram.png"))
+                print(f"screenshots in {SHOTS}")
             finally:
                 browser.close()
     finally:
