@@ -1,5 +1,6 @@
 # `make lab`  : set up (first time) and open the course in JupyterLab.
 # `make test` : set up (first time) and run every test, as CI does.
+# `make site` : build the course website in docs/_build/html (`make site FULL=1`: lessons in full mode).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 CHROMIUM := /usr/bin/chromium
 BWRAP    := /usr/bin/bwrap
 
-.PHONY: lab test test-full timings install lint format bench clean browser sandbox
+.PHONY: lab test test-full timings install lint format bench clean browser sandbox site
 
 install: $(STAMP)
 
@@ -23,11 +24,47 @@ $(STAMP): pyproject.toml constraints.txt
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(ROOT_FLAG) --notebook-dir=notebooks
 
-test: $(STAMP) browser sandbox
+test: $(STAMP) browser sandbox site
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 	MLCOURSE_FAST=1 $(BIN)/python -m pytest --nbval-lax --nbval-current-env notebooks/
+
+# The course website: every lesson executed during the build (fast mode, MLCOURSE_FAST=1, unless
+# FULL=1), the exercises as released, the reproduction report and the API reference. Any Sphinx
+# warning fails it (a broken link, a missing image, a lesson that raises). Executed lessons are
+# cached per mode in $(SITE)/ and run again when their code, the package or the install changes.
+SITE       := docs/_build
+SITE_FULL  := $(filter 1,$(FULL))
+SITE_MODE  := $(if $(SITE_FULL),full,fast)
+SITE_CACHE := $(SITE)/.jupyter_cache-$(SITE_MODE)
+
+# MathJax is served from the site itself (no CDN): MathJax 3's browser build from the npm registry.
+MATHJAX        := 3.2.2
+MATHJAX_SHA256 := 1b9c0a1c44df864e915690558e72adb9cc5203360daefd385084ced3b6c64c09
+MATHJAX_DIR    := $(SITE)/mathjax-$(MATHJAX)
+
+site: $(STAMP) $(SITE_CACHE).stamp $(MATHJAX_DIR)/static/mathjax/tex-svg.js
+	rm -rf docs/api/generated
+	MLCOURSE_FAST=$(if $(SITE_FULL),0,1) SITE_EXECUTION_CACHE=$(SITE_CACHE) \
+	SITE_MATHJAX=$(MATHJAX_DIR)/static $(BIN)/sphinx-build -b html -c docs \
+		-d $(SITE)/doctrees-$(SITE_MODE) -E -W --keep-going . $(SITE)/html
+	@echo "The site: $(SITE)/html/index.html"
+
+$(MATHJAX_DIR)/static/mathjax/tex-svg.js:
+	@command -v npm >/dev/null || { echo "make site fetches MathJax with npm:" \
+		"run 'apt-get install -y npm' (Debian/Ubuntu) and then make site again."; exit 1; }
+	rm -rf $(MATHJAX_DIR) && mkdir -p $(MATHJAX_DIR)/static
+	cd $(MATHJAX_DIR) && npm pack --silent mathjax@$(MATHJAX) >/dev/null
+	echo "$(MATHJAX_SHA256)  $(MATHJAX_DIR)/mathjax-$(MATHJAX).tgz" | sha256sum --check --quiet
+	tar -xzf $(MATHJAX_DIR)/mathjax-$(MATHJAX).tgz -C $(MATHJAX_DIR)
+	mv $(MATHJAX_DIR)/package/es5 $(MATHJAX_DIR)/static/mathjax
+	cp $(MATHJAX_DIR)/package/LICENSE $(MATHJAX_DIR)/static/mathjax/LICENSE
+
+$(SITE)/.jupyter_cache-%.stamp: $(STAMP) $(shell find mlcourse -type f -not -path '*/__pycache__/*')
+	rm -rf $(SITE)/.jupyter_cache-$*
+	mkdir -p $(SITE)
+	touch $@
 
 # Every lesson and solution top to bottom in full mode, as a learner runs them (about 25 min).
 test-full: $(STAMP)
