@@ -93,7 +93,8 @@ def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0
     are revealed and the bandit joins the running score below the figure (your total, the
     agent's total over the same bandits, and how many bandits were played); "new bandit" draws
     the next one. A bandit left before its last pull does not count. Front ends without a live
-    kernel show the agent's first trial as a plain image instead (the static fallback).
+    kernel show the agent's whole trial on the first bandit as a plain image instead (the
+    static fallback).
 
     Args:
         policy: an :class:`mlcourse.rl2.RL2Policy` trained on ``num_arms`` arms.
@@ -147,10 +148,11 @@ def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0
             seed=bandit_seed, probs=probs, luck=luck, agent=agent, env=mine, pulls=[], rewards=[]
         )
 
-    def figure():
+    def figure(static: bool = False):
+        """The board; ``static``: the agent's whole trial, for front ends without a kernel."""
         agent, pulls = game["agent"], game["pulls"]
         fig, ax = plt.subplots(figsize=(7, 2.2))
-        shown = len(pulls) if len(pulls) < num_pulls else num_pulls
+        shown = num_pulls if static else min(len(pulls), num_pulls)
         for row, arms, paid in (
             (1, pulls, game["rewards"]),
             (0, agent.actions[:shown, 0].tolist(), agent.rewards[:shown, 0].tolist()),
@@ -165,11 +167,13 @@ def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0
                     ha="center",
                     fontsize=7,
                 )
-        done = len(pulls) >= num_pulls
+        done = static or len(pulls) >= num_pulls
         title = (
             f"this bandit: you {int(sum(game['rewards']))}, "
             f"the agent {int(agent.rewards[:shown, 0].sum())}"
         )
+        if static:
+            title = f"the agent's trial: {int(agent.rewards[:, 0].sum())} of {num_pulls} pulls paid"
         if done:
             probs = ", ".join(f"{p:.2f}" for p in agent.task["probs"][0].tolist())
             title += f"   (arm probabilities: {probs})"
@@ -199,6 +203,7 @@ def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0
     first = _png(figure())
     image = widgets.Image(format="png", value=first)
     _fit(image, first)
+    fallback = _png(figure(static=True))
     label = widgets.HTML(value=score_text())
 
     def redraw() -> None:
@@ -233,6 +238,6 @@ def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0
     box = widgets.VBox([widgets.HBox([*buttons, again]), image, label])
     box.game = game
     bundle = box._repr_mimebundle_()
-    bundle["image/png"] = base64.b64encode(first).decode("ascii")
+    bundle["image/png"] = base64.b64encode(fallback).decode("ascii")
     display(bundle, raw=True)
     return box

@@ -83,3 +83,17 @@ def test_the_running_score_adds_up_finished_bandits_for_both_players():
     buttons[-1].click()  # a bandit left before its last pull does not count
     assert score == {"you": you, "agent": agent, "bandits": 2}
     assert 0 < you + agent  # the check saw rewards
+
+
+def test_without_a_kernel_the_fallback_image_shows_the_agents_whole_trial(monkeypatch):
+    import base64
+
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append(obj))
+    box, _ = duel(100)
+    (bundle,) = shown
+    fallback = base64.b64decode(bundle["image/png"])
+    assert fallback[:8] == b"\x89PNG\r\n\x1a\n" and fallback != box.children[1].value
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # the live widget, too
