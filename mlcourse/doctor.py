@@ -78,7 +78,7 @@ def report() -> dict:
     if device["type"] == "cpu":
         warnings.append(
             "no GPU: everything runs on the CPU. Lessons are sized for it; the full "
-            "paper reproductions in the README take longer than on a GPU."
+            "paper reproductions (docs/reproductions.md) take longer than on a GPU."
         )
     cores = os.cpu_count() or 1
     if device["type"] == "cpu" and cores <= SMALL_MACHINE_CORES and torch.get_num_threads() > 1:
