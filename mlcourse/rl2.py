@@ -121,7 +121,7 @@ class RL2Config:
 EXPERIMENTS: dict[str, dict] = {
     "rl2-bandit": {"task": "bandit"},
     # MDPs: a larger entropy bonus than the bandits' default keeps the policy exploring long
-    # enough to learn to plan, and a larger step size learns faster (README, Table 2).
+    # enough to learn to plan, and a larger step size learns faster (docs/reproductions.md).
     "rl2-mdp": {
         "task": "mdp",
         "steps": 3000,
