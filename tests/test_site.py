@@ -38,8 +38,8 @@ CHROMIUM_ARGS = [
 REMOTE = re.compile(r"^(https?:)?//", re.I)
 
 
-@pytest.fixture(scope="module")
-def site() -> Path:
+def _built() -> Path:
+    """The built site; a test fails (never skips) when it is not there."""
     if not (SITE / "index.html").is_file():
         pytest.fail(f"{SITE / 'index.html'} is missing: build the site with `make site`")
     return SITE
@@ -49,7 +49,8 @@ def _html(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def test_every_lesson_exercise_report_and_api_page_is_built(site):
+def test_every_lesson_exercise_report_and_api_page_is_built():
+    site = _built()
     assert len(LESSONS) == 10 and len(EXERCISES) == 10
     for name in LESSONS:
         assert (site / "notebooks" / f"{name}.html").is_file(), name
@@ -63,7 +64,8 @@ def test_every_lesson_exercise_report_and_api_page_is_built(site):
     assert 'id="mlcourse.maml.adapt"' in maml and 'id="mlcourse.maml.meta_loss"' in maml
 
 
-def test_no_page_loads_a_script_or_stylesheet_from_the_network(site):
+def test_no_page_loads_a_script_or_stylesheet_from_the_network():
+    site = _built()
     tag = re.compile(r"<(script|link)\b[^>]*>", re.I)
     attr = re.compile(r'\b(src|href|rel|as)\s*=\s*"([^"]*)"', re.I)
     for page in site.rglob("*.html"):
@@ -82,7 +84,8 @@ def test_no_page_loads_a_script_or_stylesheet_from_the_network(site):
     assert (site / "_static" / "mathjax" / "tex-svg.js").is_file()
 
 
-def test_each_lesson_links_its_notebook_exercises_and_colab(site):
+def test_each_lesson_links_its_notebook_exercises_and_colab():
+    site = _built()
     for name in LESSONS:
         html = _html(site / "notebooks" / f"{name}.html")
         assert f'href="{REPOSITORY}/notebooks/{name}.ipynb"' in html, name
@@ -100,7 +103,8 @@ def test_each_lesson_links_its_notebook_exercises_and_colab(site):
         assert f'href="{COLAB}/exercises/{name}.ipynb"' in html, name
 
 
-def test_the_lessons_links_to_the_report_resolve(site):
+def test_the_lessons_links_to_the_report_resolve():
+    site = _built()
     for name in ["06_rl2", "08_learned_objectives"]:
         html = _html(site / "notebooks" / f"{name}.html")
         assert 'href="../docs/reproductions.html' in html, name
@@ -144,7 +148,8 @@ BROKEN_IMAGES = """async () => {
 
 
 @pytest.mark.slow
-def test_the_site_in_chromium_lesson_02_and_the_report(site):
+def test_the_site_in_chromium_lesson_02_and_the_report():
+    site = _built()
     if not CHROMIUM.exists():
         pytest.fail(
             f"{CHROMIUM} is missing: install Debian's Chromium with "
