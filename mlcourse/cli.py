@@ -374,14 +374,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlcourse: unknown command {argv[0]!r}\n\n{usage}", file=sys.stderr)
         return 2
     from mlcourse.options import OptionError
-    from mlcourse.training import Interrupted
 
     try:
         return HANDLERS[argv[0]](argv[1:])
-    except Interrupted as err:
-        print(f"mlcourse {argv[0]}: {err}", file=sys.stderr)
-        return 128 + err.signum
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        if getattr(err, "signum", None):  # training.Interrupted: stopped at a signal, saved
+            print(f"mlcourse {argv[0]}: {err}", file=sys.stderr)
+            return 128 + err.signum
         print("mlcourse: interrupted (the last checkpoint is kept; use --resume)", file=sys.stderr)
         return 130
     except OptionError as err:

@@ -38,7 +38,7 @@ from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpec
 
 from mlcourse import sandbox
-from mlcourse.checks._core import CHECK_MIME
+from mlcourse.check_protocol import CHECK_MIME
 
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_MAX_OUTPUT = 2_000_000  # bytes of output kept per submission (check results always)
@@ -196,10 +196,13 @@ def execute_notebook(
 
 
 def lesson_checks(lesson: str) -> dict[str, float]:
-    """The checks of ``lesson`` (e.g. ``"00_welcome"``) and their points, in definition order."""
-    from mlcourse.checks import REGISTRY
-
-    return {name: c["points"] for name, c in REGISTRY.items() if c["lesson"] == lesson}
+    """The checks of ``lesson`` (e.g. ``"00_welcome"``) and their points, in notebook order, as
+    released (``mlcourse/checks/released.json``)."""
+    checks: dict[str, float] = {}
+    for cell in released_check_cells(lesson):
+        for name in cell["checks"]:
+            checks.setdefault(name, cell["check_points"][name])
+    return checks
 
 
 def lesson_of(path: str | Path) -> str | None:
@@ -209,21 +212,22 @@ def lesson_of(path: str | Path) -> str | None:
         >>> lesson_of("submissions/00_welcome-alice.ipynb")
         '00_welcome'
     """
-    from mlcourse.checks import REGISTRY
-
     match = re.match(r"(\d\d)_", Path(path).name)
-    lessons = dict.fromkeys(c["lesson"] for c in REGISTRY.values())
     if match is None:
         return None
-    return next((les for les in lessons if les.startswith(match.group(0))), None)
+    return next((les for les in _released() if les.startswith(match.group(0))), None)
+
+
+def _released() -> dict[str, list[dict]]:
+    from importlib.resources import files
+
+    return json.loads((files("mlcourse") / "checks" / "released.json").read_text("utf-8"))
 
 
 def released_check_cells(lesson: str) -> list[dict]:
-    """The check cells of ``lesson`` as released: ``grade_id``, ``source``, ``checks``."""
-    from importlib.resources import files
-
-    released = json.loads((files("mlcourse") / "checks" / "released.json").read_text("utf-8"))
-    return released.get(lesson, [])
+    """The check cells of ``lesson`` as released: ``grade_id``, ``source``, ``checks``,
+    ``check_points`` and ``points``."""
+    return _released().get(lesson, [])
 
 
 def restore_check_cells(nb, released: list[dict]) -> dict[int, dict]:

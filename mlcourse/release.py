@@ -227,7 +227,9 @@ RELEASED = Path(__file__).parent / "checks" / "released.json"
 
 def released_check_cells(nb) -> list[dict]:
     """The check cells of a released notebook: ``grade_id``, ``source``, the ``checks`` it
-    calls and its ``points``, in notebook order."""
+    calls, each one's points (``check_points``) and the cell's ``points``, in notebook order."""
+    from mlcourse.checks import REGISTRY
+
     cells = []
     for cell in nb.cells:
         meta = cell.metadata.get("nbgrader", {})
@@ -238,6 +240,7 @@ def released_check_cells(nb) -> list[dict]:
                     "grade_id": meta["grade_id"],
                     "source": cell.source,
                     "checks": calls,
+                    "check_points": {name: REGISTRY[name]["points"] for name in calls},
                     "points": meta["points"],
                 }
             )

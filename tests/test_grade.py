@@ -13,7 +13,7 @@ import pytest
 from nbformat.v4 import new_code_cell
 
 from mlcourse import grading, release
-from mlcourse.checks._core import CHECK_MIME
+from mlcourse.check_protocol import CHECK_MIME
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "00_welcome.ipynb"
@@ -210,6 +210,30 @@ def test_a_kernel_that_never_starts_is_an_error_not_a_crash(monkeypatch):
     monkeypatch.setattr(grading.ThisPythonKernelManager, "start_kernel", never_starts)
     status, message = grading.execute_notebook(_notebook("1"), timeout=60)
     assert status == "error" and "could not run" in message and "kernel_info" in message
+
+
+def test_each_lesson_grades_exactly_its_registered_checks_with_their_points():
+    from mlcourse.checks import REGISTRY
+
+    registered: dict[str, dict[str, float]] = {}
+    for name, c in REGISTRY.items():
+        registered.setdefault(c["lesson"], {})[name] = c["points"]
+    graded = {lesson: grading.lesson_checks(lesson) for lesson in registered}
+    assert graded == registered
+    assert all(list(graded[les]) == list(registered[les]) for les in registered)  # same order
+
+
+def test_the_grader_loads_neither_pytorch_nor_the_checks(tmp_path):
+    """The grader process stays small: a submission's checks run in its own kernel."""
+    code = (
+        "import sys; from mlcourse import cli, grading; "
+        "cli.main(['grade', sys.argv[1], '--json']); "
+        "print([m for m in ('torch', 'numpy', 'mlcourse.checks') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]"
 
 
 def test_lesson_comes_from_the_file_name():

@@ -315,7 +315,7 @@ def test_a_submission_cannot_exhaust_memory_or_fill_the_log(tmp_path):
     while proc.poll() is None:
         try:
             status = Path(f"/proc/{proc.pid}/status").read_text()
-            peak = max(peak, int(status.split("VmRSS:")[1].split()[0]))
+            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]))  # high-water mark
         except (OSError, IndexError):
             pass
         time.sleep(0.1)
@@ -325,4 +325,6 @@ def test_a_submission_cannot_exhaust_memory_or_fill_the_log(tmp_path):
     assert row["score"] == 6.0 and row["status"] == "error", row
     assert "can't allocate memory" in row["message"]
     assert "output beyond 2,000,000 bytes was dropped" in row["message"]
-    assert peak < 400_000, f"the grader grew to {peak / 1024:.0f} MiB"
+    # The grader imports neither PyTorch nor the checks (about 60 MiB idle; 170 MiB measured here
+    # while 30 MB of printing streamed past it). Keeping what it dropped would cross this line.
+    assert peak < 256 * 1024, f"the grader grew to {peak / 1024:.0f} MiB"

@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from mlcourse.check_protocol import CHECK_MIME  # how a displayed result reaches the grader
+
 RESULTS_ENV = "MLCOURSE_RESULTS"  # tests may point this at a JSON-lines file of results
-CHECK_MIME = "application/vnd.mlcourse.check+json"  # how a displayed result reaches the grader
 NBGRADER_ENV = "NBGRADER_EXECUTION"  # set by nbgrader to "autograde" or "validate"
 REGISTRY: dict[str, dict] = {}  # check name -> {"lesson": ..., "points": ...}
 RESULTS: list[CheckResult] = []  # this kernel's results, in order
