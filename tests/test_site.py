@@ -213,6 +213,12 @@ def test_the_site_in_chromium_lesson_02_and_the_report():
             shot = SCREENSHOTS / "reproductions.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+            rl2 = page.locator("article h2").filter(has_text="Meta-RL bandits and MDPs")
+            expect(rl2).to_have_count(1)
+            rl2.evaluate("h => h.scrollIntoView({block: 'start'})")
+            shot = SCREENSHOTS / "reproductions_rl2.png"  # the RL² section, as a reader lands on it
+            page.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10_000
             assert not remote, f"the report fetched from the network: {remote[:5]}"
         finally:
             browser.close()
