@@ -1,5 +1,6 @@
 # `make lab`  : set up (first time) and open the course in JupyterLab.
 # `make test` : set up (first time) and run every test, as CI does.
+# `make mutate`: mutation testing of the numerical core, module by module (not part of `make test`).
 # `make site` : build the course website in docs/_build/html (`make site FULL=1`: lessons in full mode).
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,7 +12,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 CHROMIUM := /usr/bin/chromium
 BWRAP    := /usr/bin/bwrap
 
-.PHONY: lab test test-full timings install lint format bench clean browser sandbox site
+.PHONY: lab test test-full timings install lint format bench clean browser sandbox site mutate
 
 install: $(STAMP)
 
@@ -96,6 +97,12 @@ $(BWRAP):
 		     "(Debian/Ubuntu) and then 'make test' again."; exit 1; \
 	fi
 
+# mutmut over each module of the numerical core with that module's own tests and doctests; prints
+# module | killed | tried | score (survivors and their reasons: tests/mutation_survivors.md).
+# `make mutate MUTATE="--jobs 1 rl/ppo reptile"` runs some modules, one test process at a time.
+mutate: $(STAMP)
+	$(BIN)/python tools/mutate.py $(MUTATE)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -107,4 +114,4 @@ bench: $(STAMP)
 	$(BIN)/mlcourse bench maml-sine
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info mutants
