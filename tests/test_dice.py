@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.autograd.functional import hessian
 
-from mlcourse.rl.dice import dice_objective, magic_box, reinforce_surrogate
+from mlcourse.rl.dice import dice_objective, lvc_objective, magic_box, reinforce_surrogate
 
 THETA = torch.tensor([0.3, -0.4], dtype=torch.float64)
 R1 = torch.tensor([1.0, 0.2], dtype=torch.float64)  # reward of the first pull, by arm
@@ -66,6 +66,51 @@ def test_dice_value_is_the_sampled_return():
     assert dice_objective(logp, rewards, gamma=0.5).item() == pytest.approx((2.0 + 1.5) / 2)
 
 
+def test_a_baseline_changes_neither_the_value_nor_the_dtype():
+    """``1 − ☐`` evaluates to 0: with a baseline, DiCE still evaluates to the sampled
+    discounted return, exactly, in the rewards' dtype."""
+    logp = torch.log(torch.tensor([[0.5, 0.2], [0.4, 0.9], [0.3, 0.6]], dtype=torch.float64))
+    rewards = torch.tensor([[1.0, 0.0], [2.0, 3.0], [-1.0, 0.5]], dtype=torch.float64)
+    baseline = torch.tensor([[0.7, -0.3], [1.1, 0.4], [2.0, -5.0]], dtype=torch.float64)
+    sampled = (1.0 + 0.9 * 2.0 - 0.81) / 2 + (0.9 * 3.0 + 0.81 * 0.5) / 2
+    for b in (None, baseline):
+        value = dice_objective(logp.requires_grad_(), rewards, gamma=0.9, baseline=b)
+        assert value.dtype == torch.float64
+        assert value.item() == pytest.approx(sampled, rel=1e-14, abs=0)
+
+
+def test_dice_gradient_is_the_discounted_reward_to_go_minus_the_discounted_baseline():
+    """∂/∂ log π(a_t) of the objective is (Σ_{t'≥t} γ^t' r_t' − γ^t b_t) / N, per trajectory."""
+    gen = torch.Generator().manual_seed(0)
+    logp = -torch.rand(4, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    rewards = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    baseline = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    gamma = 0.8
+    discount = gamma ** torch.arange(4, dtype=torch.float64)[:, None]
+    to_go = (rewards * discount).flip(0).cumsum(0).flip(0)
+    (g,) = torch.autograd.grad(dice_objective(logp, rewards, gamma=gamma, baseline=baseline), logp)
+    torch.testing.assert_close(g, (to_go - discount * baseline) / 3, rtol=1e-12, atol=1e-14)
+
+
+def test_the_surrogates_send_no_gradient_into_returns_advantages_or_baselines():
+    """Returns, advantages and baselines from a critic are constants of every surrogate: its
+    derivatives are those of the same surrogate with the critic's outputs detached."""
+    critic = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    logp = torch.log(torch.tensor([[0.5, 0.2], [0.4, 0.9]], dtype=torch.float64))
+    logp.requires_grad_()
+    values = critic * torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64)
+    rewards = torch.tensor([[1.0, 0.0], [2.0, 3.0]], dtype=torch.float64)
+    surrogates = [
+        lambda v: reinforce_surrogate(logp, v),
+        lambda v: lvc_objective(logp, v),
+        lambda v: dice_objective(logp, rewards, gamma=0.9, baseline=v),
+    ]
+    for surrogate in surrogates:
+        g_logp, g_critic = torch.autograd.grad(surrogate(values), [logp, critic], allow_unused=True)
+        assert g_critic is None
+        assert torch.equal(g_logp, torch.autograd.grad(surrogate(values.detach()), logp)[0])
+
+
 def test_dice_derivatives_match_the_exact_ones_within_sampling_error():
     exact_grad = torch.autograd.functional.jacobian(exact_return, THETA)
     exact_hess = hessian(exact_return, THETA)
@@ -112,8 +157,6 @@ def test_dice_rejects_mismatched_shapes():
 
 
 def test_lvc_has_the_right_gradient_but_drops_the_cross_step_curvature():
-    from mlcourse.rl.dice import lvc_objective
-
     def lvc(logp, rewards):
         returns_to_go = rewards.flip(0).cumsum(0).flip(0)
         return lvc_objective(logp, returns_to_go)

@@ -3,6 +3,7 @@ training with checkpoints and resume, and the command line."""
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -59,6 +60,48 @@ def test_ppo_clip_loss_has_no_gradient_beyond_the_clip_in_the_advantages_directi
     loss = ppo_clip_loss(logp, old, torch.tensor([-1.0, 1.0]), 0.2)  # pessimistic side: kept
     (g,) = torch.autograd.grad(loss, logp)
     assert (g != 0).all()
+
+
+def test_gae_and_returns_of_trials_of_one_step():
+    """With T = 1 the return is the reward and the advantage is r − V."""
+    r = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    v = torch.tensor([[0.3, 0.1, -1.0]], dtype=torch.float64)
+    assert torch.equal(discounted_returns(r, 0.9), r)
+    assert torch.equal(gae(r, v, gamma=0.9, lam=0.95), r - v)
+
+
+def test_ppo_clip_loss_equals_the_clipped_objective_computed_by_hand():
+    """ρ = exp(logp − old_logp) with old log-probabilities away from zero, advantages of
+    several sizes and both signs, and ratios below, inside and above [1 − ε, 1 + ε]."""
+    old = torch.tensor([-0.5, 0.2, 0.1, -0.1, 0.3], dtype=torch.float64)
+    logp = old + torch.tensor([0.6, -0.5, 0.1, -0.4, 0.5], dtype=torch.float64)
+    advantages = torch.tensor([2.0, -3.0, 0.5, 1.5, -0.25], dtype=torch.float64)
+    terms = [
+        1.2 * 2.0,  # ρ = e^0.6 above the range and A > 0: clipped
+        0.8 * -3.0,  # ρ = e^-0.5 below the range and A < 0: clipped
+        math.exp(0.1) * 0.5,  # inside the range: ρ A
+        math.exp(-0.4) * 1.5,  # below the range but A > 0: the smaller, unclipped ρ A
+        math.exp(0.5) * -0.25,  # above the range but A < 0: the smaller, unclipped ρ A
+    ]
+    loss = ppo_clip_loss(logp, old, advantages, 0.2)
+    assert loss.item() == pytest.approx(-sum(terms) / len(terms), rel=1e-12, abs=0)
+
+
+def test_ppo_clip_loss_sends_no_gradient_into_advantages_or_old_log_probs():
+    """Advantages from a critic and old log-probabilities that still carry a graph are
+    constants of the objective: only ``logp`` is differentiated."""
+    critic = torch.tensor(1.5, requires_grad=True)
+    behaviour = torch.tensor(0.1, requires_grad=True)
+    logp = torch.tensor([0.3, -0.2, 0.05], requires_grad=True)
+    advantages = critic * torch.tensor([1.0, -0.5, 2.0])
+    old = behaviour * torch.ones(3)
+    loss = ppo_clip_loss(logp, old, advantages, 0.2)
+    g_logp, g_critic, g_behaviour = torch.autograd.grad(
+        loss, [logp, critic, behaviour], allow_unused=True
+    )
+    assert g_critic is None and g_behaviour is None
+    constants = ppo_clip_loss(logp, old.detach(), advantages.detach(), 0.2)
+    assert torch.equal(g_logp, torch.autograd.grad(constants, logp)[0])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ def dice_objective(
         logp: ``(T, N)`` log-probabilities of the actions taken, differentiable in θ.
         rewards: ``(T, N)``; zero after a trajectory's end.
         gamma: discount factor.
-        baseline: optional ``(T, N)`` state-value estimates (constants).
+        baseline: optional ``(T, N)`` state-value estimates (constants: no gradient flows
+            into them, even from a critic's output).
 
     Returns:
         The mean over the N trajectories, a scalar.
@@ -74,8 +75,7 @@ def dice_objective(
         raise ValueError(
             f"logp {tuple(logp.shape)} and rewards {tuple(rewards.shape)} must both be (T, N)"
         )
-    discount = gamma ** torch.arange(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
-    discount = discount[:, None]
+    discount = gamma ** torch.arange(rewards.shape[0]).to(rewards)[:, None]  # (T, 1)
     cumulative = torch.cumsum(logp, dim=0)
     objective = (magic_box(cumulative) * rewards * discount).sum(0)
     if baseline is not None:
@@ -94,7 +94,7 @@ def lvc_objective(logp: Tensor, advantages: Tensor) -> Tensor:
 
     Args:
         logp: ``(T, N)`` log-probabilities of the actions taken.
-        advantages: ``(T, N)`` advantage estimates (constants).
+        advantages: ``(T, N)`` advantage estimates (constants: no gradient flows into them).
 
     Returns:
         The mean over trajectories, a scalar.

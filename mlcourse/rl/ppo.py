@@ -11,8 +11,10 @@ def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip: floa
 
     Args:
         logp: log-probabilities of the taken actions under the policy being trained (any shape).
-        old_logp: the same under the policy that collected the data (same shape, no gradient).
-        advantages: advantage estimates (same shape).
+        old_logp: the same under the policy that collected the data (same shape; a constant:
+            no gradient flows into it).
+        advantages: advantage estimates (same shape; constants, e.g. a critic's output, that
+            no gradient flows into).
         clip: ε.
 
     Returns:
@@ -23,6 +25,7 @@ def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip: floa
         >>> ppo_clip_loss(lp, torch.zeros(3), torch.ones(3), 0.2).item()
         -1.0
     """
-    ratio = torch.exp(logp - old_logp)
+    advantages = advantages.detach()
+    ratio = torch.exp(logp - old_logp.detach())
     clipped = ratio.clamp(1.0 - clip, 1.0 + clip)
     return -torch.minimum(ratio * advantages, clipped * advantages).mean()
