@@ -97,6 +97,7 @@ def reptile_step_loop(
     """The per-task loop version of the batched :func:`reptile_step` (the reference)."""
     check_model(model)
     theta = {n: p.detach() for n, p in check_params(model, params).items()}
+    _check_inner(theta, inner_lr, num_inner_steps)
     x_support, y_support, _, _ = check_tasks(theta, tasks, allow_ragged=True)
     displacement = {n: torch.zeros_like(t) for n, t in theta.items()}
     tie = _has_tied_weights(model)  # once: it walks the modules

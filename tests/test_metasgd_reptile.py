@@ -1,9 +1,13 @@
+import dataclasses
+
+import pytest
 import torch
 import torch.nn.functional as F
 
 from mlcourse.maml import meta_loss, params_of
 from mlcourse.metasgd import init_inner_lrs
 from mlcourse.reptile import reptile_step, reptile_step_loop
+from mlcourse.tasks import TaskBatch
 
 
 def max_diff(a, b):
@@ -88,3 +92,87 @@ def test_reptile_with_more_steps_is_not_joint_training(model64, tasks64):
     d5 = torch.cat([(k5[n] - p[n]).flatten() for n in p])
     cos = torch.nn.functional.cosine_similarity(d1, d5, dim=0)
     assert cos < 1 - 1e-6
+
+
+def test_init_inner_lrs_accepts_the_closed_range_and_refuses_what_is_outside():
+    """``0 <= low <= high``: zero step sizes and a single value are allowed."""
+    p = {"w": torch.zeros(4, 3, dtype=torch.float64)}
+    assert torch.equal(init_inner_lrs(p, low=0.0, high=0.0)["w"], torch.zeros(4, 3).double())
+    assert torch.equal(
+        init_inner_lrs(p, low=0.1, high=0.1)["w"], torch.full((4, 3), 0.1, dtype=torch.float64)
+    )
+    for low, high in [(-0.1, 0.1), (0.2, 0.1)]:
+        with pytest.raises(ValueError, match=f"need 0 <= low <= high, got low={low}, high={high}"):
+            init_inner_lrs(p, low=low, high=high)
+
+
+def test_init_inner_lrs_draws_from_the_generator_given():
+    p = {"w": torch.zeros(50)}
+
+    def draw(seed):
+        return init_inner_lrs(p, generator=torch.Generator().manual_seed(seed))["w"]
+
+    torch.manual_seed(0)
+    first = draw(1)
+    torch.manual_seed(1)
+    assert torch.equal(draw(1), first) and not torch.equal(draw(2), first)
+
+
+REPTILE_KW = dict(loss_fn=F.mse_loss, inner_lr=0.02, num_inner_steps=2, outer_lr=0.3)
+
+
+def reptile_variants():
+    return {
+        "batched": reptile_step,
+        "serial": lambda *a, **kw: reptile_step(*a, serial=True, **kw),
+        "loop": reptile_step_loop,
+    }
+
+
+@pytest.mark.parametrize("variant", ["batched", "serial", "loop"])
+def test_reptile_returns_a_detached_theta_and_leaves_the_callers_tensors_as_they_were(
+    model64, tasks64, variant
+):
+    """The new θ carries no graph, whether or not the given θ requires grad, and the given
+    tensors keep their values and their ``requires_grad``."""
+    step = reptile_variants()[variant]
+    own = params_of(model64)
+    frozen = {n: t.detach().clone() for n, t in own.items()}
+    for params in (own, frozen):
+        before = {n: (t.detach().clone(), t.requires_grad) for n, t in params.items()}
+        new = step(model64, params, tasks64, **REPTILE_KW)
+        assert all(not t.requires_grad and t.grad_fn is None for t in new.values())
+        for n, t in params.items():
+            assert torch.equal(t, before[n][0]) and t.requires_grad == before[n][1]
+
+
+def test_serial_and_loop_reptile_take_tasks_of_different_sizes(model64, tasks64):
+    """Algorithm 1 and the reference loop accept per-task tensors of different sizes."""
+    t = tasks64
+    short = dataclasses.replace(
+        t[1:2], x_support=t.x_support[1:2, :4], y_support=t.y_support[1:2, :4]
+    )
+    ragged = TaskBatch(
+        x_support=[t.x_support[0], short.x_support[0]],
+        y_support=[t.y_support[0], short.y_support[0]],
+        x_query=[t.x_query[0], short.x_query[0]],
+        y_query=[t.y_query[0], short.y_query[0]],
+    )
+    p = params_of(model64)
+    one = reptile_step(model64, p, t[0:1], **REPTILE_KW)
+    in_turn = reptile_step(model64, one, short, **REPTILE_KW)
+    assert max_diff(reptile_step(model64, p, ragged, serial=True, **REPTILE_KW), in_turn) < 1e-12
+    other = reptile_step(model64, p, short, **REPTILE_KW)
+    mean = {n: (one[n] + other[n]) / 2 for n in p}
+    assert max_diff(reptile_step_loop(model64, p, ragged, **REPTILE_KW), mean) < 1e-12
+
+
+@pytest.mark.parametrize("variant", ["batched", "serial", "loop"])
+def test_reptile_refuses_bad_inner_loop_arguments(model64, tasks64, variant):
+    step = reptile_variants()[variant]
+    p = params_of(model64)
+    kw = dict(loss_fn=F.mse_loss, num_inner_steps=2, outer_lr=0.3)
+    with pytest.raises(KeyError, match=r"no step size for \['2.bias'\]"):
+        step(model64, p, tasks64, inner_lr={n: 0.1 for n in p if n != "2.bias"}, **kw)
+    with pytest.raises(ValueError, match="num_inner_steps must be a non-negative int, got -1"):
+        step(model64, p, tasks64, inner_lr=0.1, **{**kw, "num_inner_steps": -1})
