@@ -702,8 +702,12 @@ def _matching_query_logits(model, tasks, n_way, temperature, fce):
 
 def _log_attention(support_emb: Tensor, query_emb: Tensor, temperature: float) -> Tensor:
     _check_embeddings("query_emb", query_emb, like=support_emb)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    if not temperature > 0:  # also refuses NaN
+        raise ValueError(
+            f"temperature must be positive, got {temperature}: it divides the cosine "
+            "similarities; use 1.0 (the paper's) or a small positive value such as 0.1 for a "
+            "sharper attention"
+        )
     cosine = F.normalize(query_emb, dim=-1) @ F.normalize(support_emb, dim=-1).transpose(1, 2)
     return torch.log_softmax(cosine / temperature, dim=-1)
 

@@ -162,6 +162,18 @@ def test_matching_logits_stay_finite_with_a_sharp_temperature():
     assert torch.isfinite(g).all()
 
 
+@pytest.mark.parametrize("temperature", [0.0, -0.5, float("nan")])
+def test_matching_networks_refuse_a_temperature_that_is_not_positive(temperature):
+    """Dividing by zero (or flipping the sign) would give NaN or inverted attention: refused
+    with what to use instead, in the attention, the logits and the loss."""
+    s, y, q = embeddings()
+    fragment = f"temperature must be positive, got {temperature}: .* use 1.0"
+    with pytest.raises(ValueError, match=fragment):
+        matching_attention(s, q, temperature=temperature)
+    with pytest.raises(ValueError, match=fragment):
+        matching_logits(s, y, q, N_WAY, temperature=temperature)
+
+
 def test_full_context_embeddings_shapes_and_gradients():
     torch.manual_seed(0)
     fce = FullContextEmbedding(6, num_steps=3).double()
