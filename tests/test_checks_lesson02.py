@@ -115,6 +115,14 @@ def inner_detached_start(model, params, x_support, y_support, inner_lr):
     return {n: params[n].detach() - inner_lr * g for n, g in zip(names, grads, strict=True)}
 
 
+def inner_last_detached(model, params, x_support, y_support, inner_lr):
+    """First order, and the last parameter's step detached (e.g. through `.data`): the query
+    loss then has no path to that parameter at all."""
+    step = sgd_step(model, params, x_support, y_support, inner_lr, create_graph=False)
+    last = list(params)[-1]
+    return {**step, last: step[last].detach()}
+
+
 def inner_hard_coded_lr(model, params, x_support, y_support, inner_lr):
     return sgd_step(model, params, x_support, y_support, 0.05)
 
@@ -557,6 +565,7 @@ def test_references_are_accepted():
         (inner_from_model, "starts from the model's own parameters"),
         (inner_detached_start, "starts from detached parameters"),
         (inner_hard_coded_lr, "step of size 0.05 in the right direction, but inner_lr = 0.02"),
+        (inner_last_detached, "does not depend on θ through ['4.bias']"),
     ],
 )
 def test_inner_update_rejects(fn, fragment):
