@@ -373,7 +373,9 @@ def outer_loss(
 
 def clipped_loss(logp: Tensor, post: Trajectories, advantages: Tensor, clip: float) -> Tensor:
     """PPO's clipped objective, negated and averaged over the valid steps of ``post``, for
-    the log-probabilities ``logp`` that the current parameters give its actions."""
+    the log-probabilities ``logp`` that the current parameters give its actions. The
+    advantages are constants: no gradient flows into them."""
+    advantages = advantages.detach()
     ratio = torch.exp((logp - post.logp) * post.mask)
     clipped = ratio.clamp(1.0 - clip, 1.0 + clip)
     surrogate = torch.minimum(ratio * advantages, clipped * advantages) * post.mask

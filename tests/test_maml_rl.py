@@ -1,6 +1,8 @@
 """MAML-RL's building blocks on 2D navigation: rollouts, the batched inner step against a
 per-goal loop, second order against first order, and the evaluation protocol."""
 
+import math
+
 import pytest
 import torch
 
@@ -390,3 +392,53 @@ def test_two_step_meta_gradient_is_the_chain_of_one_step_jacobians(estimator):
     torch.testing.assert_close(got, j0.T @ j1.T @ v, rtol=1e-8, atol=1e-10)
     one_step = j0.T @ v  # what forgetting the second step's curvature would give
     assert (got - one_step).abs().max() > 1e-6
+
+
+def test_clipped_loss_equals_the_clipped_objective_over_the_valid_steps_by_hand():
+    """ρ = exp(logp − post.logp) on the steps the mask keeps, old log-probabilities away from
+    zero, advantages of several sizes and both signs, ratios on both sides of the range."""
+    F64 = torch.float64
+    old = torch.tensor([[[-0.5], [0.2], [0.1]], [[-0.1], [0.3], [0.7]]], dtype=F64)
+    delta = torch.tensor([[[0.6], [-0.5], [0.1]], [[-0.4], [0.5], [2.0]]], dtype=F64)
+    mask = torch.tensor([[[1.0], [1.0], [1.0]], [[1.0], [1.0], [0.0]]], dtype=F64)
+    advantages = torch.tensor([[[2.0], [-3.0], [0.5]], [[1.5], [-0.25], [9.0]]], dtype=F64)
+    zeros = torch.zeros(2, 3, 1, 2, dtype=F64)
+    post = M.Trajectories(zeros, zeros, zeros[..., 0], mask, old, zeros[:, 0, 0])
+    terms = [
+        1.2 * 2.0,  # above the range, A > 0: clipped
+        0.8 * -3.0,  # below the range, A < 0: clipped
+        math.exp(0.1) * 0.5,  # inside: ρ A
+        math.exp(-0.4) * 1.5,  # below the range, A > 0: the smaller, unclipped ρ A
+        math.exp(0.5) * -0.25,  # above the range, A < 0: the smaller, unclipped ρ A
+    ]  # the sixth step is past its trajectory's end
+    loss = M.clipped_loss(old + delta, post, advantages, 0.2)
+    assert loss.item() == pytest.approx(-sum(terms) / 5, rel=1e-12, abs=0)
+
+
+def test_clipped_loss_sends_no_gradient_into_the_advantages():
+    critic = torch.tensor(1.5, requires_grad=True)
+    logp = torch.tensor([[[0.3], [-0.2]]], requires_grad=True)
+    zeros = torch.zeros(1, 2, 1, 2)
+    post = M.Trajectories(
+        zeros, zeros, zeros[..., 0], torch.ones(1, 2, 1), zeros[..., 0], zeros[:, 0, 0]
+    )
+    advantages = critic * torch.tensor([[[1.0], [-0.5]]])
+    g_logp, g_critic = torch.autograd.grad(
+        M.clipped_loss(logp, post, advantages, 0.2), [logp, critic], allow_unused=True
+    )
+    assert g_critic is None
+    constants = M.clipped_loss(logp, post, advantages.detach(), 0.2)
+    assert torch.equal(g_logp, torch.autograd.grad(constants, logp)[0])
+
+
+def test_gaussian_log_prob_and_kl_are_torch_distributions():
+    """The hand-written diagonal Gaussian's log-density and KL against torch.distributions."""
+    from torch.distributions import Independent, Normal, kl_divergence
+
+    gen = torch.Generator().manual_seed(0)
+    mean0, mean1, actions = (torch.randn(4, 2, generator=gen, dtype=torch.float64) for _ in "abc")
+    log_std0, log_std1 = (0.5 * torch.randn(4, 2, generator=gen, dtype=torch.float64) for _ in "ab")
+    p = Independent(Normal(mean0, log_std0.exp()), 1)
+    q = Independent(Normal(mean1, log_std1.exp()), 1)
+    torch.testing.assert_close(M.gaussian_log_prob(mean0, log_std0, actions), p.log_prob(actions))
+    torch.testing.assert_close(M.gaussian_kl(mean0, log_std0, mean1, log_std1), kl_divergence(p, q))
