@@ -1,6 +1,7 @@
 """MAML-RL's building blocks on 2D navigation: rollouts, the batched inner step against a
 per-goal loop, second order against first order, and the evaluation protocol."""
 
+import dataclasses
 import math
 
 import pytest
@@ -442,3 +443,41 @@ def test_gaussian_log_prob_and_kl_are_torch_distributions():
     q = Independent(Normal(mean1, log_std1.exp()), 1)
     torch.testing.assert_close(M.gaussian_log_prob(mean0, log_std0, actions), p.log_prob(actions))
     torch.testing.assert_close(M.gaussian_kl(mean0, log_std0, mean1, log_std1), kl_divergence(p, q))
+
+
+def test_returns_to_go_are_discounted_sums_also_for_one_step_trajectories():
+    rewards = torch.tensor([[[1.0, 0.5], [2.0, -1.0], [0.0, 4.0]]], dtype=torch.float64)
+    for length in (1, 3):
+        r = rewards[:, :length]
+        zeros = torch.zeros(*r.shape, 2, dtype=torch.float64)
+        t = M.Trajectories(zeros, zeros, r, torch.ones_like(r), torch.zeros_like(r), zeros[:, 0, 0])
+        expected = torch.stack(
+            [sum(0.9**k * r[:, s + k] for k in range(length - s)) for s in range(length)], 1
+        )
+        torch.testing.assert_close(t.returns_to_go(0.9), expected, rtol=1e-14, atol=0)
+
+
+def test_normalized_advantages_are_standardised_over_the_valid_steps_and_zero_elsewhere():
+    policy, params, goals, gen = setup(dtype=torch.float64)
+    t = M.rollout(policy, detached(params), goals, 4, generator=gen, max_steps=30)
+    mask = t.mask.clone()
+    mask[:, 20:, :2] = 0  # two trajectories per goal end early
+    t = dataclasses.replace(t, mask=mask, rewards=t.rewards * mask)
+    advantages = M.normalized_advantages(t, 0.99)
+    raw = (t.returns_to_go(0.99) - t.baseline(0.99))[t.mask.bool()]
+    expected = (raw - raw.mean()) / (raw.std() + 1e-8)
+    torch.testing.assert_close(advantages[t.mask.bool()], expected, rtol=1e-12, atol=0)
+    assert (advantages[~t.mask.bool()] == 0).all()
+
+
+def test_pre_update_kl_is_the_mean_kl_over_the_valid_states():
+    policy, params, goals, gen = setup(dtype=torch.float64)
+    old = detached(params)
+    t = M.rollout(policy, old, goals, 4, generator=gen, max_steps=30)
+    mask = t.mask.clone()
+    mask[:, 20:, :2] = 0
+    t = dataclasses.replace(t, mask=mask)
+    new = {n: p + 0.05 * torch.randn_like(p) for n, p in old.items()}
+    kl = M.gaussian_kl(*policy(t.obs), *torch.func.functional_call(policy, new, (t.obs,)))
+    expected = kl[t.mask.bool()].mean()
+    torch.testing.assert_close(M.pre_update_kl(policy, old, new, t), expected, rtol=1e-12, atol=0)
