@@ -162,6 +162,33 @@ def test_matching_logits_stay_finite_with_a_sharp_temperature():
     assert torch.isfinite(g).all()
 
 
+def embedding_errors():
+    """``(call, message)``: each function handed one mis-shaped argument."""
+    s, y, q = embeddings()
+    fce = FullContextEmbedding(6, num_steps=1).double()
+    no_task = r"has shape \(15, 6\); expected \(num_tasks, k, embedding_dim\)"
+    other_dim = r"query_emb has shape \(3, 4, 5\) but the support embeddings have \(3, 15, 6\)"
+    labels = r"support_emb \(3, 15, 6\) and its labels \(3, 14\) disagree"
+    return [
+        (lambda: prototypes(s[0], y[0], N_WAY), "embeddings " + no_task),
+        (lambda: prototypes(s, y[:, 1:], N_WAY), labels.replace("support_emb", "embeddings")),
+        (lambda: protonet_logits(s, y, q[..., :5], N_WAY), other_dim),
+        (lambda: protonet_logits(s[0], y, q, N_WAY), r"query_emb has shape \(3, 4, 6\) but the"),
+        (lambda: matching_attention(s, q[..., :5]), other_dim),
+        (lambda: matching_attention(s[0], q), r"query_emb has shape \(3, 4, 6\) but the support"),
+        (lambda: matching_logits(s, y[:, 1:], q, N_WAY), labels),
+        (lambda: fce(s, q[..., :5]), other_dim),
+        (lambda: fce(s[0], q), r"query_emb has shape \(3, 4, 6\) but the support"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_mis_shaped_embeddings_are_refused_naming_the_argument(case):
+    call, message = embedding_errors()[case]
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
 @pytest.mark.parametrize("temperature", [0.0, -0.5, float("nan")])
 def test_matching_networks_refuse_a_temperature_that_is_not_positive(temperature):
     """Dividing by zero (or flipping the sign) would give NaN or inverted attention: refused

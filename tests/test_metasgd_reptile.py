@@ -176,3 +176,28 @@ def test_reptile_refuses_bad_inner_loop_arguments(model64, tasks64, variant):
         step(model64, p, tasks64, inner_lr={n: 0.1 for n in p if n != "2.bias"}, **kw)
     with pytest.raises(ValueError, match="num_inner_steps must be a non-negative int, got -1"):
         step(model64, p, tasks64, inner_lr=0.1, **{**kw, "num_inner_steps": -1})
+
+
+class GradientWatcher(torch.nn.Module):
+    """A linear model that records whether the gradients reaching its output carry a graph
+    (they do when an inner loop differentiates with ``create_graph=True``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1).double()
+        self.graphs = []
+
+    def forward(self, x):
+        out = self.linear(x)
+        if out.requires_grad:
+            out.register_hook(lambda g: self.graphs.append(g.requires_grad))
+        return out
+
+
+@pytest.mark.parametrize("variant", ["serial", "loop"])
+def test_reptile_inner_loop_builds_no_second_order_graph(tasks64, variant):
+    """Reptile needs no meta-gradient: the inner gradients are plain tensors, never graphs.
+    (The batched path runs under ``torch.no_grad``, where tensor hooks do not fire.)"""
+    model = GradientWatcher()
+    reptile_variants()[variant](model, params_of(model), tasks64, **REPTILE_KW)
+    assert model.graphs and not any(model.graphs)
