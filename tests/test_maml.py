@@ -242,6 +242,14 @@ def test_adapt_first_order_meta_gradient_is_the_references_not_the_second_order_
     )
     assert max_diff(second, query_meta_gradient(model64, adapt_reference, p, task, **kw)) < 1e-10
     assert max_diff(first, second) > 1e-3
+    batch = adapt_batch(
+        model64, p, tasks64.x_support, tasks64.y_support, loss_fn=F.mse_loss, first_order=True, **kw
+    )
+    loss = F.mse_loss(
+        torch.func.functional_call(model64, {n: t[0] for n, t in batch.items()}, (task[2],)),
+        task[3],
+    )
+    assert max_diff(grads(loss, p), first) < 1e-12
 
 
 def test_adapt_batch_defaults_are_one_second_order_step(model64, tasks64):
@@ -347,7 +355,7 @@ def test_entry_points_refuse_bad_inner_loop_arguments(model64, tasks64, fn):
         fn(model64, p, xs, ys, inner_lr={n: 0.1 for n in p if n != "2.bias"}, **kw)
     with pytest.raises(ValueError, match="num_inner_steps must be a non-negative int, got 1.5"):
         fn(model64, p, xs, ys, inner_lr=0.1, num_inner_steps=1.5, **kw)
-    with pytest.raises(TypeError, match="inner_lr must be a float or a dict of tensors"):
+    with pytest.raises(TypeError, match="a float or a dict of tensors, got <class 'str'>"):
         fn(model64, p, xs, ys, inner_lr="0.1", **kw)
 
 
@@ -431,3 +439,35 @@ def test_compile_meta_loss_compiles_the_torch_func_form_of_the_same_meta_loss(
     monkeypatch.setattr(torch, "compile", off_by_a_little)
     compiled, info = compile_meta_loss(model64, p, tasks64, **kw)
     assert compiled is None and "differs from eager" in info["compiled_error"]
+
+
+def test_compile_meta_loss_defaults_reports_and_tolerance(model64, tasks64, monkeypatch):
+    """Defaults as in meta_loss (one second-order step); a compiler's error is cut to 500
+    characters; the compile time is given to 0.1 s; the tolerance is relative to the largest
+    meta-gradient entry, so large gradients may differ by more in absolute terms."""
+    from mlcourse.maml import COMPILED_GRAD_TOLERANCE, compile_meta_loss
+
+    p = params_of(model64)
+    monkeypatch.setattr(torch, "compile", lambda fn: fn)
+    compiled, info = compile_meta_loss(model64, p, tasks64, loss_fn=F.mse_loss, inner_lr=0.05)
+    eager = meta_loss(model64, p, tasks64, loss_fn=F.mse_loss, inner_lr=0.05)
+    assert max_diff(grads(compiled(model64, p, tasks64), p), grads(eager, p)) < 1e-10
+    seconds = info["compile_seconds"]
+    assert isinstance(seconds, float) and seconds == round(seconds, 1)
+
+    def long_error(fn):
+        raise RuntimeError("x" * 1000)
+
+    monkeypatch.setattr(torch, "compile", long_error)
+    _, info = compile_meta_loss(model64, p, tasks64, loss_fn=F.mse_loss, inner_lr=0.05)
+    assert len(info["compiled_error"]) == 500
+
+    def scaled_mse(prediction, target):  # meta-gradient entries far above 1
+        return 1e4 * F.mse_loss(prediction, target)
+
+    def off_within_tolerance(fn):
+        return lambda m, q, t: fn(m, q, t) * (1 + COMPILED_GRAD_TOLERANCE / 10)
+
+    monkeypatch.setattr(torch, "compile", off_within_tolerance)
+    compiled, info = compile_meta_loss(model64, p, tasks64, loss_fn=scaled_mse, inner_lr=1e-6)
+    assert compiled is not None and info["compiled_max_grad_diff"] > COMPILED_GRAD_TOLERANCE
