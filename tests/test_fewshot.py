@@ -287,6 +287,28 @@ def test_matching_loss_trains_the_full_context_embeddings():
     assert evaluate_matching(model, tasks, fce=fce).shape == (3,)
 
 
+def test_matching_loss_equals_the_formula_with_the_temperature_given_and_one_by_default():
+    model, tasks = conv4(), episodes()
+    s = model(tasks.x_support.flatten(0, 1)).unflatten(0, (3, 10))
+    q = model(tasks.x_query.flatten(0, 1)).unflatten(0, (3, 15))
+    for kw in ({}, {"temperature": 0.3}):
+        loss, _ = matching_loss(model, tasks, **kw)
+        log_p = matching_logits(s, tasks.y_support, q, N_WAY, temperature=kw.get("temperature", 1))
+        expected = F.nll_loss(log_p.flatten(0, 1), tasks.y_query.flatten())
+        assert abs(loss.item() - expected.item()) < 1e-12
+    default = matching_logits(s, tasks.y_support, q, N_WAY)
+    assert torch.equal(default, matching_logits(s, tasks.y_support, q, N_WAY, temperature=1.0))
+    assert torch.equal(matching_attention(s, q), matching_attention(s, q, temperature=1.0))
+
+
+@pytest.mark.parametrize("loss", [protonet_loss, matching_loss])
+def test_metric_losses_use_the_n_way_given(loss):
+    """An ``n_way`` that the episodes' labels do not fill is refused, not replaced by theirs."""
+    model, tasks = conv4(), episodes()
+    with pytest.raises(ValueError, match="n_way=7"):
+        loss(model, tasks, n_way=7)
+
+
 # ---------------------------------------------------------------------------------------------
 # Metric-based losses on Conv4
 
