@@ -1,6 +1,7 @@
 """Few-shot classification: the metric-based formulas against hand loops, the MAML/ANIL glue
 against mlcourse.maml's per-task loop, and a seeded learning threshold."""
 
+import dataclasses
 import math
 
 import pytest
@@ -313,6 +314,25 @@ def test_metric_losses_use_the_n_way_given(loss):
 # Metric-based losses on Conv4
 
 
+@pytest.mark.parametrize("kind", ["function", "module without parameters"])
+def test_metric_losses_check_episodes_against_the_data_when_the_model_has_no_parameters(kind):
+    """A plain function, or a module with no parameters, works on float64 episodes."""
+    model = (lambda x: x.flatten(1)) if kind == "function" else torch.nn.Flatten()
+    tasks = episodes()
+    for loss_fn in (protonet_loss, matching_loss):
+        loss, _ = loss_fn(model, tasks)
+        assert loss.dtype == F64 and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("field", ["y_support", "y_query"])
+def test_episode_labels_must_be_integers_and_the_error_names_them(field):
+    tasks = episodes()
+    bad = dataclasses.replace(tasks, **{field: getattr(tasks, field).double()})
+    for loss_fn in (protonet_loss, matching_loss):
+        with pytest.raises(ValueError, match=f"{field} must hold integer class labels"):
+            loss_fn(conv4(), bad)
+
+
 def test_protonet_loss_equals_the_formula_on_the_embeddings():
     model, tasks = conv4(), episodes()
     loss, acc = protonet_loss(model, tasks)
@@ -457,6 +477,16 @@ def test_accuracy_ci95_is_the_papers_formula():
         accuracy_ci95([90.0, 95.0])
     with pytest.raises(ValueError, match="at least 2"):
         accuracy_ci95([0.5])
+
+
+def test_accuracy_ci95_takes_the_closed_unit_interval_in_float64():
+    """0 and 1 are accuracies, 1.5 is not; a float32 input is averaged in float64."""
+    assert accuracy_ci95([0.0, 0.0]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="fractions in"):
+        accuracy_ci95([1.0, 1.5])
+    acc = torch.rand(600, generator=torch.Generator().manual_seed(1))  # float32
+    values = acc.tolist()
+    assert accuracy_ci95(acc)[0] == pytest.approx(100 * math.fsum(values) / 600, rel=1e-14)
 
 
 # ---------------------------------------------------------------------------------------------
