@@ -92,9 +92,10 @@ def sandbox_argv(command: list[str], scratch: str | Path, memory: int | None) ->
     scratch = os.path.realpath(scratch)
     args = [exe, "--unshare-all", "--die-with-parent", "--new-session"]
     args += _system_mounts()
+    # the private /tmp first: an environment or a checkout under /tmp is bound on top of it
+    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for folder in _python_mounts():
         args += ["--ro-bind", folder, folder]
-    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     args += ["--bind", scratch, scratch, "--chdir", scratch]
     return [*args, "--", *command]
 

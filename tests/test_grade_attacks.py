@@ -328,3 +328,22 @@ def test_a_submission_cannot_exhaust_memory_or_fill_the_log(tmp_path):
     # The grader imports neither PyTorch nor the checks (about 60 MiB idle; 170 MiB measured here
     # while 30 MB of printing streamed past it). Keeping what it dropped would cross this line.
     assert peak < 256 * 1024, f"the grader grew to {peak / 1024:.0f} MiB"
+
+
+def test_a_course_installed_under_tmp_is_visible_in_the_sandbox(tmp_path, monkeypatch):
+    """The sandbox's private /tmp must not hide a virtual environment or a checkout that lives
+    under /tmp (a clone made with mktemp, say): the Python folders are bound on top of it."""
+    env = tmp_path / "venv"
+    env.mkdir()
+    (env / "marker.txt").write_text("the environment is here")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    mounts = sandbox._python_mounts()
+    monkeypatch.setattr(sandbox, "_python_mounts", lambda: [*mounts, str(env)])
+    argv = sandbox.sandbox_argv(["/bin/cat", str(env / "marker.txt")], scratch, memory=None)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "the environment is here"
+    hidden = sandbox.sandbox_argv(["/bin/ls", str(tmp_path.parent)], scratch, memory=None)
+    listed = subprocess.run(hidden, capture_output=True, text=True, timeout=60).stdout.split()
+    assert listed == [tmp_path.name], listed  # the rest of the host's /tmp stays out of sight
