@@ -222,7 +222,7 @@ def inner_objective(
     shifted = (baseline + mean[:, None, None]) * scale[:, None, None] * t.mask
     per_trajectory_steps = steps / t.mask.shape[2]  # average trajectory length per goal
     advantages = (raw - mean[:, None, None]) * scale[:, None, None] * t.mask
-    discount = gamma ** torch.arange(t.mask.shape[1], dtype=logp.dtype, device=logp.device)
+    discount = gamma ** torch.arange(t.mask.shape[1]).to(logp)  # (T,), logp's dtype and device
     total = logp.new_zeros(())
     for g in range(t.mask.shape[0]):
         if estimator == "dice":

@@ -481,3 +481,39 @@ def test_pre_update_kl_is_the_mean_kl_over_the_valid_states():
     kl = M.gaussian_kl(*policy(t.obs), *torch.func.functional_call(policy, new, (t.obs,)))
     expected = kl[t.mask.bool()].mean()
     torch.testing.assert_close(M.pre_update_kl(policy, old, new, t), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("estimator", M.ESTIMATORS)
+def test_inner_objective_is_the_per_goal_normalised_surrogate(estimator):
+    """Per goal, the advantages G_t − b_t are standardised over the goal's valid steps (the
+    variance over at least 2 of them) and the objective is averaged over steps: DiCE evaluates
+    to the discounted return times the goal's scale, LVC to the discounted standardised
+    advantages. Checked against a loop over goals, with one goal of only 2 valid steps."""
+    policy, params, goals, gen = setup(dtype=torch.float64)
+    t = M.rollout(policy, detached(params), goals, 4, generator=gen, max_steps=20)
+    mask = t.mask.clone()
+    mask[:, 12:, :2] = 0
+    mask[2] = 0
+    mask[2, 0, :2] = 1
+    t = dataclasses.replace(t, mask=mask, rewards=t.rewards * mask)
+    gamma = 0.9
+    returns_to_go, baseline = t.returns_to_go(gamma), t.baseline(gamma)
+    discount = gamma ** torch.arange(mask.shape[1], dtype=torch.float64)[:, None]
+    num_trajectories = mask.shape[2]
+    expected = 0.0
+    for g in range(mask.shape[0]):
+        valid = mask[g].bool()
+        raw = (returns_to_go[g] - baseline[g])[valid]
+        variance = ((raw - raw.mean()) ** 2).sum() / max(len(raw), 2)
+        scale = 1 / (variance.sqrt() + 1e-8)
+        if estimator == "dice":
+            value = (t.rewards[g] * scale * discount).sum()
+        else:
+            advantages = torch.zeros_like(mask[g])
+            advantages[valid] = (raw - raw.mean()) * scale
+            value = (advantages * discount).sum()
+        expected += value / num_trajectories / (valid.sum() / num_trajectories)
+    got = M.inner_objective(policy, params, t, gamma=gamma, per_goal=False, estimator=estimator)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12, abs=0)
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        M.inner_objective(policy, params, t, gamma=gamma, per_goal=False, estimator="ppo")
