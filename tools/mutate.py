@@ -75,7 +75,9 @@ TARGETS = {
     "metasgd": Target(
         "mlcourse/metasgd.py", ("tests/test_metasgd_reptile.py", "mlcourse/metasgd.py")
     ),
-    "maml": Target("mlcourse/maml.py", ("tests/test_maml.py", "mlcourse/maml.py")),
+    "maml": Target(
+        "mlcourse/maml.py", ("tests/test_maml.py", "tests/test_validation.py", "mlcourse/maml.py")
+    ),
     "fewshot": Target("mlcourse/fewshot.py", ("tests/test_fewshot.py", "mlcourse/fewshot.py")),
     "rl2": Target(
         "mlcourse/rl2.py",
