@@ -523,3 +523,53 @@ def test_protonet_learns_noisy_patterns():
     after = evaluate_protonet(model, test_tasks).mean().item()
     assert before < 0.45, before  # chance is 0.2; an untrained network is not far above
     assert after > 0.85, after  # 0.92-0.95 over seeds
+
+
+def test_evaluate_maml_with_anil_adapts_only_the_head():
+    model, tasks = conv4(N_WAY), episodes(num_tasks=4, k_shot=1)
+    p = params_of(model)
+    acc = evaluate_maml(model, p, tasks, inner_lr=0.4, num_inner_steps=3, anil=True)
+    head = maml_adapt(
+        model, p, tasks.x_support, tasks.y_support, num_inner_steps=3, anil=True, **MAML_KW
+    )
+    logits = torch.func.vmap(lambda q, x: torch.func.functional_call(model, q, (x,)))(
+        head, tasks.x_query
+    )
+    torch.testing.assert_close(acc, episode_accuracy(logits, tasks.y_query), rtol=0, atol=0)
+
+
+def test_maml_classification_defaults_are_one_second_order_step():
+    model, tasks = conv4(N_WAY), episodes(num_tasks=2, k_shot=1)
+    p = params_of(model)
+    xs, ys = tasks.x_support, tasks.y_support
+    default = maml_adapt(model, p, xs, ys, **MAML_KW)
+    explicit = maml_adapt(model, p, xs, ys, num_inner_steps=1, first_order=False, **MAML_KW)
+    for n in p:
+        assert torch.equal(default[n], explicit[n])
+    (g_default,) = torch.autograd.grad(default["head.bias"].sum(), [p["features.0.0.weight"]])
+    (g_explicit,) = torch.autograd.grad(explicit["head.bias"].sum(), [p["features.0.0.weight"]])
+    assert torch.equal(g_default, g_explicit) and g_default.abs().sum() > 0
+    loop, _ = maml_classification_loss_loop(model, p, tasks, **MAML_KW)
+    one, _ = maml_classification_loss_loop(model, p, tasks, num_inner_steps=1, **MAML_KW)
+    assert torch.equal(loop, one)
+
+
+def test_embed_tasks_takes_feature_vectors_and_asks_for_a_task_dimension():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).double()
+    x = torch.randn(2, 5, 4, dtype=F64)
+    torch.testing.assert_close(embed_tasks(model, x), model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"x has shape \(5, 4\); expected \(num_tasks, k"):
+        embed_tasks(model, x[0])
+
+
+def test_full_context_embeddings_take_five_steps_by_default_and_refuse_negative_ones():
+    assert FullContextEmbedding(6).num_steps == 5
+    with pytest.raises(ValueError, match="num_steps must be non-negative, got -1"):
+        FullContextEmbedding(6, num_steps=-1)
+
+
+def test_matching_loss_checks_the_episodes_against_the_models_parameters():
+    model, tasks = conv4(), episodes(dtype=torch.float32)
+    with pytest.raises(TypeError, match="x_support is torch.float32 but the model's parameters"):
+        matching_loss(model, tasks)
