@@ -517,3 +517,16 @@ def test_inner_objective_is_the_per_goal_normalised_surrogate(estimator):
     assert got.item() == pytest.approx(expected.item(), rel=1e-12, abs=0)
     with pytest.raises(ValueError, match="estimator must be one of"):
         M.inner_objective(policy, params, t, gamma=gamma, per_goal=False, estimator="ppo")
+
+
+def test_outer_loss_adapts_with_the_discount_given():
+    """θ' is recomputed from ``pre`` with the outer loss's own γ, not the default."""
+    policy, params, goals, gen = setup(dtype=torch.float64)
+    pre = M.rollout(policy, detached(params), goals, 5, generator=gen, max_steps=20)
+    post = M.rollout(policy, detached(params), goals, 5, generator=gen, max_steps=20)
+    advantages = M.normalized_advantages(post, 0.5)
+    loss = M.outer_loss(policy, params, pre, post, advantages, inner_lr=0.1, clip=0.2, gamma=0.5)
+    adapted = M.adapt(policy, params, pre, inner_lr=0.1, gamma=0.5)
+    logp = M.log_prob_per_goal(policy, adapted, post.obs, post.actions)
+    expected = M.clipped_loss(logp, post, advantages, 0.2)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12, abs=0)
