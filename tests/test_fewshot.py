@@ -573,3 +573,15 @@ def test_matching_loss_checks_the_episodes_against_the_models_parameters():
     model, tasks = conv4(), episodes(dtype=torch.float32)
     with pytest.raises(TypeError, match="x_support is torch.float32 but the model's parameters"):
         matching_loss(model, tasks)
+
+
+def test_a_plain_function_with_bad_episodes_gets_the_episode_checks_messages():
+    """With no parameters to compare against, the episodes are still checked, with the same
+    messages: not a task batch, or lists of per-task tensors that vmap cannot take."""
+    model = lambda x: x.flatten(1)  # noqa: E731
+    with pytest.raises(TypeError, match=r"tasks has no \['x_support'"):
+        protonet_loss(model, object())
+    x, y = torch.zeros(2, 1, 2, 2, dtype=F64), torch.zeros(2, dtype=torch.long)
+    ragged = TaskBatch([x, x[:1]], [y, y[:1]], [x, x], [y, y])
+    with pytest.raises(ValueError, match="cannot be vectorized with vmap"):
+        protonet_loss(model, ragged)
