@@ -5,8 +5,9 @@ and runs that module's own tests and doctests against every mutant: a mutant tha
 fails on (a *survivor*) is a change of the code that the tests would not notice. mutmut reads
 one test selection per configuration, so this script runs it once per module, each in its own
 folder ``mutants/<name>/`` (git-ignored; ``cd`` there and ``mutmut show <mutant>`` shows a
-diff), and prints ``module | killed | tried | score``. The survivors that remain are listed,
-each with why it changes no behaviour, in ``tests/mutation_survivors.md``.
+diff), and prints ``module | killed | tried | score``: a mutant that makes the tests fail, time
+out or crash is killed; one that no test reaches counts as tried and not killed. The survivors
+that remain are listed, each with why it changes no behaviour, in ``tests/mutation_survivors.md``.
 
 Usage::
 
@@ -171,7 +172,7 @@ def table(results: dict[str, dict]) -> str:
         verdicts = result["verdicts"].values()
         tried = sum(v not in NOT_TRIED for v in verdicts)
         killed = sum(v in KILLED for v in verdicts)
-        score = f"{100 * killed / tried:.0f} %" if tried else "-"
+        score = f"{100 * killed / tried:.1f} %" if tried else "-"
         lines.append(f"{name} | {killed} | {tried} | {score} | {result['seconds']:.0f} s")
     return "\n".join(lines)
 
