@@ -1,6 +1,7 @@
 """RL²: returns and advantages, the PPO objective, the recurrent policy's trial structure,
 training with checkpoints and resume, and the command line."""
 
+import copy
 import dataclasses
 import json
 import math
@@ -122,6 +123,53 @@ def small_config(**overrides):
         checkpoint_every=1e9,
     )
     return rl2.RL2Config(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("expected_rewards", [False, True])
+def test_one_ppo_update_reports_the_losses_computed_by_hand_before_its_step(expected_rewards):
+    """One epoch, one minibatch: PPO's losses from GAE with the config's γ and λ, advantages
+    standardised over the batch, values and targets divided by the value head's scale, all at
+    the parameters before the step; then the scale moves ``VALUE_SCALE_RATE`` of the way to the
+    spread of the targets."""
+    config = small_config(
+        epochs=1, minibatches=1, gamma=0.9, lam=0.7, clip=0.1, value_coef=0.3,
+        expected_rewards=expected_rewards,
+    )  # fmt: skip
+    learner = rl2.RL2Learner(config)
+    trials = rl2.run_trials(learner.policy, learner.envs, generator=learner.generator)
+    policy = learner.policy
+    with torch.no_grad():  # the policy being trained is no longer the one that collected
+        for p in policy.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        policy.value_scale.fill_(1.7)
+    before = copy.deepcopy(policy)
+    stats = rl2.ppo_update(policy, learner.optimizer, trials, config, entropy_coef=0.05)
+
+    rewards = trials.expected_rewards if expected_rewards else trials.rewards
+    advantages = gae(rewards, trials.values, gamma=0.9, lam=0.7)
+    targets = advantages + trials.values
+    standardised = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    length = trials.actions.shape[0]
+    with torch.no_grad():
+        logits, values, _, _ = before(trials.inputs, time=torch.arange(length) / length)
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all.gather(2, trials.actions[..., None]).squeeze(2)
+    entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+    policy_loss = ppo_clip_loss(logp, trials.logp, standardised, 0.1)
+    value_loss = torch.nn.functional.mse_loss(values / 1.7, targets / 1.7)
+    expected = {
+        "loss": policy_loss + 0.3 * value_loss - 0.05 * entropy,
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": entropy,
+        "approx_kl": (trials.logp - logp).mean(),
+    }
+    assert (logp - trials.logp).abs().max() > 0.1  # ratios far from 1: the clip is at work
+    for key, value in expected.items():
+        assert stats[key] == pytest.approx(value.item(), rel=1e-4, abs=1e-6), key
+    spread = targets.std().clamp(min=1e-3)
+    rate = rl2.VALUE_SCALE_RATE
+    assert policy.value_scale.item() == pytest.approx(((1 - rate) * 1.7 + rate * spread).item())
 
 
 def test_rl2_inputs_layout():
