@@ -125,17 +125,25 @@ def small_config(**overrides):
     return rl2.RL2Config(**{**base, **overrides})
 
 
-@pytest.mark.parametrize("expected_rewards", [False, True])
-def test_one_ppo_update_reports_the_losses_computed_by_hand_before_its_step(expected_rewards):
-    """One epoch, one minibatch: PPO's losses from GAE with the config's γ and λ, advantages
-    standardised over the batch, values and targets divided by the value head's scale, all at
-    the parameters before the step; then the scale moves ``VALUE_SCALE_RATE`` of the way to the
-    spread of the targets."""
+@pytest.mark.parametrize(
+    "expected_rewards, epochs, minibatches", [(False, 1, 1), (True, 1, 1), (False, 2, 2)]
+)
+def test_ppo_update_reports_the_losses_computed_by_hand_before_its_step(
+    expected_rewards, epochs, minibatches
+):
+    """PPO's losses from GAE with the config's γ and λ, advantages standardised over the batch,
+    values and targets divided by the value head's scale, at the parameters before the step
+    (with a zero step size they stay there, and the averages over equal minibatches are the
+    whole batch's); ``epochs × minibatches`` optimizer steps; then the scale moves
+    ``VALUE_SCALE_RATE`` of the way to the spread of the targets."""
     config = small_config(
-        epochs=1, minibatches=1, gamma=0.9, lam=0.7, clip=0.1, value_coef=0.3,
+        epochs=epochs, minibatches=minibatches, gamma=0.9, lam=0.7, clip=0.1, value_coef=0.3,
         expected_rewards=expected_rewards,
     )  # fmt: skip
     learner = rl2.RL2Learner(config)
+    if epochs * minibatches > 1:
+        for group in learner.optimizer.param_groups:
+            group["lr"] = 0.0
     trials = rl2.run_trials(learner.policy, learner.envs, generator=learner.generator)
     policy = learner.policy
     with torch.no_grad():  # the policy being trained is no longer the one that collected
@@ -167,6 +175,8 @@ def test_one_ppo_update_reports_the_losses_computed_by_hand_before_its_step(expe
     assert (logp - trials.logp).abs().max() > 0.1  # ratios far from 1: the clip is at work
     for key, value in expected.items():
         assert stats[key] == pytest.approx(value.item(), rel=1e-4, abs=1e-6), key
+    steps = {int(state["step"]) for state in learner.optimizer.state.values()}
+    assert steps == {epochs * minibatches}
     spread = targets.std().clamp(min=1e-3)
     rate = rl2.VALUE_SCALE_RATE
     assert policy.value_scale.item() == pytest.approx(((1 - rate) * 1.7 + rate * spread).item())
