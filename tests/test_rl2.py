@@ -126,10 +126,11 @@ def small_config(**overrides):
 
 
 @pytest.mark.parametrize(
-    "expected_rewards, epochs, minibatches", [(False, 1, 1), (True, 1, 1), (False, 2, 2)]
+    "expected_rewards, epochs, minibatches, privileged_critic",
+    [(False, 1, 1, False), (True, 1, 1, False), (False, 2, 2, False), (False, 1, 1, True)],
 )
 def test_ppo_update_reports_the_losses_computed_by_hand_before_its_step(
-    expected_rewards, epochs, minibatches
+    expected_rewards, epochs, minibatches, privileged_critic
 ):
     """PPO's losses from GAE with the config's γ and λ, advantages standardised over the batch,
     values and targets divided by the value head's scale, at the parameters before the step
@@ -138,7 +139,7 @@ def test_ppo_update_reports_the_losses_computed_by_hand_before_its_step(
     ``VALUE_SCALE_RATE`` of the way to the spread of the targets."""
     config = small_config(
         epochs=epochs, minibatches=minibatches, gamma=0.9, lam=0.7, clip=0.1, value_coef=0.3,
-        expected_rewards=expected_rewards,
+        expected_rewards=expected_rewards, privileged_critic=privileged_critic,
     )  # fmt: skip
     learner = rl2.RL2Learner(config)
     if epochs * minibatches > 1:
@@ -159,7 +160,9 @@ def test_ppo_update_reports_the_losses_computed_by_hand_before_its_step(
     standardised = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     length = trials.actions.shape[0]
     with torch.no_grad():
-        logits, values, _, _ = before(trials.inputs, time=torch.arange(length) / length)
+        task = rl2.task_features(trials.task) if privileged_critic else None
+        time = torch.arange(length) / length  # each step as a fraction of the trial
+        logits, values, _, _ = before(trials.inputs, task=task, time=time)
     logp_all = torch.log_softmax(logits, -1)
     logp = logp_all.gather(2, trials.actions[..., None]).squeeze(2)
     entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
