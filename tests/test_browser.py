@@ -23,20 +23,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "02_maml.ipynb"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SERVER_START_S = 90
 KERNEL_READY_MS = 120_000
 RUN_ALL_MS = 420_000  # fast mode takes well under a minute on an idle CPU; CI machines are shared
@@ -155,12 +145,7 @@ def _wait_until_all_ran(page) -> None:
 
 @pytest.mark.slow
 def test_lesson_02_runs_in_jupyterlab_and_its_slider_redraws(tmp_path):
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's Chromium with "
-            "`apt-get update && apt-get install -y chromium` (the test drives it with Python "
-            "Playwright; do not run `playwright install`)"
-        )
+    require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=60_000)

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "docs" / "_build" / "html"
@@ -24,17 +25,6 @@ LESSONS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")
 EXERCISES = sorted(p.stem for p in (ROOT / "exercises").glob("[0-9][0-9]_*.ipynb"))
 REPOSITORY = "https://github.com/meta-learning-course/mlcourse/blob/main"
 COLAB = "https://colab.research.google.com/github/meta-learning-course/mlcourse/blob/main"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REMOTE = re.compile(r"^(https?:)?//", re.I)
 
 
@@ -150,12 +140,7 @@ BROKEN_IMAGES = """async () => {
 @pytest.mark.slow
 def test_the_site_in_chromium_lesson_02_and_the_report():
     site = _built()
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's Chromium with "
-            "`apt-get update && apt-get install -y chromium` (the test drives it with Python "
-            "Playwright; do not run `playwright install`)"
-        )
+    require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=60_000)
