@@ -19,7 +19,6 @@ from mlcourse.maml import (
     _adapt_batch,
     _adapt_reference,
     _check_inner,
-    _has_tied_weights,
 )
 from mlcourse.validation import check_model, check_params, check_tasks
 
@@ -70,11 +69,8 @@ def reptile_step(
     _check_inner(theta, inner_lr, num_inner_steps)
     x_support, y_support, _, _ = check_tasks(theta, tasks, allow_ragged=serial)
     if serial:
-        tie = _has_tied_weights(model)
         for xs, ys in zip(x_support, y_support, strict=True):
-            phi = _adapt_reference(
-                model, theta, xs, ys, loss_fn, inner_lr, num_inner_steps, True, tie
-            )
+            phi = _adapt_reference(model, theta, xs, ys, loss_fn, inner_lr, num_inner_steps, True)
             theta = {n: (t + outer_lr * (phi[n].detach() - t)) for n, t in theta.items()}
         return theta
     with torch.no_grad():
@@ -100,9 +96,8 @@ def reptile_step_loop(
     _check_inner(theta, inner_lr, num_inner_steps)
     x_support, y_support, _, _ = check_tasks(theta, tasks, allow_ragged=True)
     displacement = {n: torch.zeros_like(t) for n, t in theta.items()}
-    tie = _has_tied_weights(model)  # once: it walks the modules
     for xs, ys in zip(x_support, y_support, strict=True):
-        phi = _adapt_reference(model, theta, xs, ys, loss_fn, inner_lr, num_inner_steps, True, tie)
+        phi = _adapt_reference(model, theta, xs, ys, loss_fn, inner_lr, num_inner_steps, True)
         for n in theta:
             displacement[n] += phi[n].detach() - theta[n]
     return {n: t + outer_lr * displacement[n] / len(x_support) for n, t in theta.items()}
