@@ -275,8 +275,22 @@ def cmd_release(rest: list[str]) -> int:
         "--check", action="store_true", help="write nothing; fail when a file is out of date"
     )
     parser.add_argument("--root", default=".", help="the course repository (default: .)")
+    parser.add_argument(
+        "--repo",
+        default=None,
+        metavar="OWNER/NAME",
+        help="move the course to this GitHub repository (a fork): every badge, setup cell and "
+        "README link, and mlcourse/course.py, name it from then on",
+    )
     args = parser.parse_args(rest)
-    changed, orphans = release.release(args.root, check=args.check)
+    if args.repo is not None:
+        from mlcourse import course
+
+        try:
+            args.repo = course.check_repo(args.repo)
+        except ValueError as err:
+            parser.error(str(err))
+    changed, orphans = release.release(args.root, check=args.check, repo=args.repo)
     for path in orphans:
         print(f"{path}: no solutions/{path.name} behind it; delete it", file=sys.stderr)
     if args.check:
@@ -287,7 +301,9 @@ def cmd_release(rest: list[str]) -> int:
         return 1 if changed or orphans else 0
     for path in changed:
         print(f"wrote {path}")
-    print(f"release: {len(changed)} notebook(s) written" if changed else "release: up to date")
+    print(f"release: {len(changed)} file(s) written" if changed else "release: up to date")
+    if args.repo is not None and changed:
+        print(f"release: the course now installs from and opens in {args.repo}; commit and push")
     return 1 if orphans else 0
 
 

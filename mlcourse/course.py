@@ -3,18 +3,60 @@
 from __future__ import annotations
 
 import os
+import re
 
-# The course's repository: the setup cell installs mlcourse from it (on Colab) and the
-# "Open in Colab" badges point into it. `mlcourse release` stamps both into every notebook.
+# The course's repository, the one place that names it: the setup cell installs mlcourse from
+# it (on Colab) and the "Open in Colab" badges point into it. `mlcourse release` stamps both
+# into every notebook; `mlcourse release --repo OWNER/NAME` moves the course to a fork,
+# rewriting this line, every badge and setup cell and the README's Colab links.
 REPO = "meta-learning-course/mlcourse"
 BRANCH = "main"
 REPO_URL = f"https://github.com/{REPO}"
 INSTALL_SPEC = f"mlcourse @ git+{REPO_URL}.git@{BRANCH}"
 
+_OWNER = r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}"
+_NAME = r"[A-Za-z0-9._-]{1,100}"
 
-def colab_url(path: str) -> str:
+
+def check_repo(repo: str) -> str:
+    """``repo`` when it names a GitHub repository as ``OWNER/NAME``.
+
+    Raises:
+        ValueError: it does not, with what to write instead.
+
+    Example:
+        >>> check_repo("my-university/mlcourse")
+        'my-university/mlcourse'
+    """
+    text = repo.strip()
+    if text.startswith(("https://", "http://", "github.com/", "git@")) or text.endswith(".git"):
+        hint = "give only OWNER/NAME, without https://github.com/ or .git"
+    elif re.fullmatch(rf"{_OWNER}/{_NAME}", text) and text.split("/")[1] not in (".", ".."):
+        return text
+    else:
+        hint = (
+            "OWNER is letters, digits and single hyphens (at most 39), NAME letters, digits, "
+            "'.', '-' and '_'"
+        )
+    raise ValueError(
+        f"--repo {repo!r} is not a GitHub repository written OWNER/NAME, e.g. "
+        f"my-university/mlcourse: {hint}"
+    )
+
+
+def install_spec(repo: str = REPO) -> str:
+    """What the setup cell gives ``pip install``: the course from ``repo``'s main branch.
+
+    Example:
+        >>> install_spec("me/fork")
+        'mlcourse @ git+https://github.com/me/fork.git@main'
+    """
+    return f"mlcourse @ git+https://github.com/{repo}.git@{BRANCH}"
+
+
+def colab_url(path: str, repo: str = REPO) -> str:
     """The "Open in Colab" address of a notebook, e.g. ``colab_url("notebooks/02_maml.ipynb")``."""
-    return f"https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/{path}"
+    return f"https://colab.research.google.com/github/{repo}/blob/{BRANCH}/{path}"
 
 
 def fast_mode() -> bool:

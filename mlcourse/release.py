@@ -15,6 +15,12 @@
   (package data): ``mlcourse grade`` restores them by their nbgrader ``grade_id`` before it runs
   a submission, whatever the submission did to them.
 
+* The course's repository is named in one place, ``REPO`` in ``mlcourse/course.py``; in the
+  course repository itself release also keeps the README's "Open in Colab" links pointing into
+  it. ``mlcourse release --repo OWNER/NAME`` moves the course to a fork: it rewrites that line,
+  then stamps every badge, setup cell and README link with the fork's address, and later runs
+  keep it.
+
 ``mlcourse release --check`` writes nothing and fails when any file differs from what release
 would write.
 """
@@ -39,24 +45,26 @@ CHECK_CALL = re.compile(r"\bcheck\.(\w+)\(")
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 
-def badge_source(path: str) -> str:
-    """The badge cell of the notebook at ``path`` (relative to the repository root). A
-    solution's badge opens its exercise: nbgrader's student version is made from the
-    solution and keeps its cells, and no student-facing notebook may link to a solution."""
+def badge_source(path: str, repo: str = course.REPO) -> str:
+    """The badge cell of the notebook at ``path`` (relative to the repository root), opening it
+    from GitHub repository ``repo`` (OWNER/NAME). A solution's badge opens its exercise:
+    nbgrader's student version is made from the solution and keeps its cells, and no
+    student-facing notebook may link to a solution."""
     if path.startswith("solutions/"):
         path = "exercises/" + path[len("solutions/") :]
     image = "https://colab.research.google.com/assets/colab-badge.svg"
-    return f"[![Open In Colab]({image})]({course.colab_url(path)})"
+    return f"[![Open In Colab]({image})]({course.colab_url(path, repo)})"
 
 
-def setup_source() -> str:
-    """The setup cell: installs ``mlcourse`` when it is missing (Colab), never torch."""
+def setup_source(repo: str = course.REPO) -> str:
+    """The setup cell: installs ``mlcourse`` from GitHub repository ``repo`` when it is missing
+    (Colab), never torch."""
     return (
         "# Setup (the same in every notebook): installs mlcourse on Colab, never torch.\n"
         "import importlib.util\n"
         "\n"
         'if importlib.util.find_spec("mlcourse") is None:\n'
-        f'    %pip install -q "{course.INSTALL_SPEC}"\n'
+        f'    %pip install -q "{course.install_spec(repo)}"\n'
         "\n"
         "import mlcourse  # noqa: E402\n"
         "from mlcourse.training import default_device  # noqa: E402\n"
@@ -120,20 +128,21 @@ def _stamp_cell(nb, tag: str, cell_type: str, source: str, default_index: int, p
     cell.source = source
 
 
-def stamp(nb, path: str):
+def stamp(nb, path: str, repo: str = course.REPO):
     """Returns a copy of ``nb`` with the badge and setup cells refreshed and outputs cleared.
 
     Args:
         nb: a notebook (nbformat 4).
         path: where it lives, relative to the repository root (for the badge's address).
+        repo: the GitHub repository (OWNER/NAME) the badge and the setup cell point to.
     """
     nb = copy.deepcopy(nb)
     nb.nbformat, nb.nbformat_minor = 4, 5
     nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
     first = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
-    _stamp_cell(nb, BADGE_TAG, "markdown", badge_source(path), first, path)
+    _stamp_cell(nb, BADGE_TAG, "markdown", badge_source(path, repo), first, path)
     first_code = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells))
-    _stamp_cell(nb, SETUP_TAG, "code", setup_source(), first_code, path)
+    _stamp_cell(nb, SETUP_TAG, "code", setup_source(repo), first_code, path)
     for i, cell in enumerate(nb.cells):
         cell.setdefault("id", f"cell-{i}")
         cell.metadata.pop("execution", None)
@@ -203,11 +212,11 @@ def nbgrader_checksum(cell) -> str:
     return md5.hexdigest()
 
 
-def make_exercise(solution_nb, path: str):
+def make_exercise(solution_nb, path: str, repo: str = course.REPO):
     """The exercise notebook at ``path`` generated from a (stamped) solution notebook, with
     the metadata ``nbgrader generate_assignment`` gives its student version: every nbgrader
     cell undeletable, with its cell type and checksum; check cells also read-only."""
-    nb = stamp(solution_nb, path)
+    nb = stamp(solution_nb, path, repo)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             cell.source = strip_solutions(cell.source, f"{path} cell {i}")
@@ -253,11 +262,55 @@ def _text(nb) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def plan(root: str | Path = ".") -> dict[Path, str]:
+COURSE_PY = Path("mlcourse") / "course.py"
+_REPO_LINE = re.compile(r'^REPO = "([^"\n]*)"$', re.MULTILINE)
+_COLAB_LINK = re.compile(
+    r"https://colab\.research\.google\.com/github/[^/\s)]+/[^/\s)]+/blob/[^/\s)]+/"
+)
+
+
+def repo_of(root: str | Path = ".") -> str:
+    """The GitHub repository (OWNER/NAME) the course at ``root`` names: the ``REPO`` line of its
+    ``mlcourse/course.py``, or this package's :data:`mlcourse.course.REPO` when it has none.
+
+    Raises:
+        ValueError: ``mlcourse/course.py`` has no ``REPO = "OWNER/NAME"`` line.
+    """
+    path = Path(root) / COURSE_PY
+    if not path.is_file():
+        return course.REPO
+    match = _REPO_LINE.search(path.read_text(encoding="utf-8"))
+    if match is None:
+        raise ValueError(f'{path} has no line REPO = "OWNER/NAME": put it back, or pass --repo')
+    return course.check_repo(match.group(1))
+
+
+def _repository_files(root: Path, repo: str) -> dict[Path, str]:
+    """In the course repository itself: ``mlcourse/course.py`` naming ``repo`` and the README
+    with its Colab links opening notebooks from ``repo``."""
+    expected = {}
+    path = root / COURSE_PY
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        expected[path] = _REPO_LINE.sub(f'REPO = "{repo}"', text, count=1)
+        readme = root / "README.md"
+        if readme.is_file():
+            prefix = course.colab_url("", repo)
+            expected[readme] = _COLAB_LINK.sub(prefix, readme.read_text(encoding="utf-8"))
+    return expected
+
+
+def plan(root: str | Path = ".", repo: str | None = None) -> dict[Path, str]:
     """What ``mlcourse release`` writes: every notebook's path and its expected text.
+
+    Args:
+        root: the course repository (or a folder with ``notebooks/``, ``solutions/``).
+        repo: the GitHub repository (OWNER/NAME) to stamp into badges and setup cells;
+            by default the one the course at ``root`` names (:func:`repo_of`).
 
     Raises:
         FileNotFoundError: ``root`` has none of ``notebooks/``, ``solutions/``.
+        ValueError: ``repo`` is not written OWNER/NAME.
     """
     root = Path(root)
     if not (root / "solutions").is_dir() and not (root / "notebooks").is_dir():
@@ -265,17 +318,18 @@ def plan(root: str | Path = ".") -> dict[Path, str]:
             f"{root.resolve()} has no solutions/ or notebooks/ folder: run `mlcourse release` "
             "from the course repository's root, or pass --root"
         )
-    expected: dict[Path, str] = {}
+    repo = course.check_repo(repo) if repo is not None else repo_of(root)
+    expected: dict[Path, str] = _repository_files(root, repo)
     released: dict[str, list[dict]] = {}
     for path in sorted((root / "notebooks").glob("*.ipynb")):
         rel = path.relative_to(root).as_posix()
-        expected[path] = _text(stamp(nbformat.read(path, as_version=4), rel))
+        expected[path] = _text(stamp(nbformat.read(path, as_version=4), rel, repo))
     for path in sorted((root / "solutions").glob("*.ipynb")):
         rel = path.relative_to(root).as_posix()
-        solution = add_nbgrader(stamp(nbformat.read(path, as_version=4), rel), rel)
+        solution = add_nbgrader(stamp(nbformat.read(path, as_version=4), rel, repo), rel)
         expected[path] = _text(solution)
         exercise = root / "exercises" / path.name
-        expected[exercise] = _text(make_exercise(solution, f"exercises/{path.name}"))
+        expected[exercise] = _text(make_exercise(solution, f"exercises/{path.name}", repo))
         released[path.stem] = released_check_cells(solution)
     if released and (root / "mlcourse" / "checks").is_dir():  # the course repository itself
         text = json.dumps(released, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
@@ -283,15 +337,22 @@ def plan(root: str | Path = ".") -> dict[Path, str]:
     return expected
 
 
-def release(root: str | Path = ".", check: bool = False) -> tuple[list[Path], list[Path]]:
-    """Writes (or, with ``check``, only compares) every notebook release manages.
+def release(
+    root: str | Path = ".", check: bool = False, repo: str | None = None
+) -> tuple[list[Path], list[Path]]:
+    """Writes (or, with ``check``, only compares) every file release manages.
+
+    Args:
+        root: the course repository.
+        check: write nothing, only say what differs.
+        repo: move the course to this GitHub repository (OWNER/NAME), see :func:`plan`.
 
     Returns:
         ``(changed, orphans)``: the files that were (or would be) rewritten, and exercise
         notebooks with no solution behind them (never deleted automatically).
     """
     root = Path(root)
-    expected = plan(root)
+    expected = plan(root, repo)
     changed = [
         path
         for path, text in expected.items()

@@ -183,6 +183,86 @@ def test_release_outside_the_course_says_where_to_run(tmp_path):
         release.release(tmp_path)
 
 
+def _as_course_repository(course_dir):
+    """Gives the test course the two files that name its repository in the real one."""
+    (course_dir / "mlcourse").mkdir()
+    (course_dir / "mlcourse" / "course.py").write_text(
+        f'"""Constants."""\n\nREPO = "{course.REPO}"\nBRANCH = "main"\n'
+    )
+    link = course.colab_url("notebooks/00_test.ipynb")
+    (course_dir / "README.md").write_text(f"# Course\n\n| [00]({link}) | a lesson |\n")
+
+
+def test_release_repo_moves_every_badge_and_setup_cell_to_a_fork(course_dir, capsys):
+    _as_course_repository(course_dir)
+    assert main(["release", "--root", str(course_dir)]) == 0
+    assert main(["release", "--root", str(course_dir), "--repo", "my-university/ml-course"]) == 0
+    assert "now installs from and opens in my-university/ml-course" in capsys.readouterr().out
+    for rel in ("notebooks/00_test.ipynb", "solutions/00_test.ipynb", "exercises/00_test.ipynb"):
+        nb = nbformat.read(course_dir / rel, as_version=4)
+        opens = rel.replace("solutions/", "exercises/")
+        assert nb.cells[1].source == release.badge_source(rel, "my-university/ml-course")
+        assert f"({course.colab_url(opens, 'my-university/ml-course')})" in nb.cells[1].source
+        setup = next(c for c in nb.cells if c.cell_type == "code").source
+        assert setup == release.setup_source("my-university/ml-course")
+        assert 'git+https://github.com/my-university/ml-course.git@main"' in setup
+        assert course.REPO not in (course_dir / rel).read_text()
+    course_py = (course_dir / "mlcourse" / "course.py").read_text()
+    assert 'REPO = "my-university/ml-course"\n' in course_py and course.REPO not in course_py
+    readme = (course_dir / "README.md").read_text()
+    assert course.colab_url("notebooks/00_test.ipynb", "my-university/ml-course") in readme
+    assert course.REPO not in readme
+    # the fork sticks: a plain release (after an author's edit, in the fork's CI) keeps it
+    assert release.repo_of(course_dir) == "my-university/ml-course"
+    assert main(["release", "--check", "--root", str(course_dir)]) == 0
+    assert release.release(course_dir) == ([], [])
+
+
+def test_release_keeps_the_readme_colab_links_on_the_course_repository(course_dir):
+    _as_course_repository(course_dir)
+    release.release(course_dir)
+    readme = course_dir / "README.md"
+    stale = course.colab_url("notebooks/00_test.ipynb", "someone/else")
+    readme.write_text(readme.read_text() + f"[again]({stale})\n")
+    assert release.release(course_dir, check=True)[0] == [readme]
+    release.release(course_dir)
+    assert "someone/else" not in readme.read_text()
+
+
+@pytest.mark.parametrize(
+    "repo, hint",
+    [
+        ("https://github.com/me/fork", "without https://github.com/"),
+        ("me/fork.git", "without https://github.com/ or .git"),
+        ("fork", "OWNER is letters"),
+        ("me/fork/extra", "OWNER is letters"),
+        ("-me/fork", "OWNER is letters"),
+        ("me/", "OWNER is letters"),
+        ("me/..", "OWNER is letters"),
+    ],
+)
+def test_release_repo_refuses_a_malformed_address_and_writes_nothing(
+    course_dir, capsys, repo, hint
+):
+    before = {p: p.read_bytes() for p in course_dir.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as exit_:
+        main(["release", "--root", str(course_dir), f"--repo={repo}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "OWNER/NAME, e.g. my-university/mlcourse" in err and hint in err
+    assert "--help" in err and len(err.strip().splitlines()) == 2
+    assert {p: p.read_bytes() for p in course_dir.rglob("*") if p.is_file()} == before
+    with pytest.raises(ValueError, match=hint):
+        release.plan(course_dir, repo)
+
+
+def test_a_course_py_without_its_repo_line_is_named_in_the_error(course_dir):
+    _as_course_repository(course_dir)
+    (course_dir / "mlcourse" / "course.py").write_text('"""Constants."""\n')
+    with pytest.raises(ValueError, match=r'no line REPO = "OWNER/NAME"'):
+        release.release(course_dir)
+
+
 def _run_setup_cell(find_spec_result, monkeypatch):
     """Runs the setup cell as IPython would, recording line magics instead of running them."""
     import importlib.util
