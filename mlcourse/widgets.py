@@ -38,6 +38,23 @@ def png_size(png: bytes) -> tuple[int, int]:
     return struct.unpack(">II", png[16:24])
 
 
+def widget_bundle(widget) -> dict:
+    """The display data of ``widget``: a plain-text line and the widget view that live front
+    ends render, exactly as ipywidgets 8 (``_repr_mimebundle_``) and 7 (``_ipython_display_``,
+    Colab's) both publish it, so that a static image can be added beside the view.
+
+    >>> from ipywidgets import IntSlider
+    >>> slider = IntSlider()
+    >>> widget_bundle(slider)[WIDGET_VIEW]["model_id"] == slider.model_id
+    True
+    """
+    text = repr(widget)
+    return {
+        "text/plain": text if len(text) <= 110 else text[:110] + "…",
+        WIDGET_VIEW: {"version_major": 2, "version_minor": 0, "model_id": widget.model_id},
+    }
+
+
 def _fit(image, png: bytes) -> None:
     """Shows the widget's PNG at its own size (shrunk, never stretched, to fit the page)."""
     width, _ = png_size(png)
@@ -74,7 +91,7 @@ def interact(draw: Callable[..., object], *, static: bool = True, **controls):
     for w in controls.values():
         w.observe(redraw, names="value")
     box = widgets.VBox([*controls.values(), image])
-    bundle = box._repr_mimebundle_()
+    bundle = widget_bundle(box)
     if static:
         bundle["image/png"] = base64.b64encode(first).decode("ascii")
     display(bundle, raw=True)
@@ -237,7 +254,7 @@ def bandit_duel(policy, *, num_arms: int = 5, num_pulls: int = 10, seed: int = 0
     again.on_click(restart)
     box = widgets.VBox([widgets.HBox([*buttons, again]), image, label])
     box.game = game
-    bundle = box._repr_mimebundle_()
+    bundle = widget_bundle(box)
     bundle["image/png"] = base64.b64encode(fallback).decode("ascii")
     display(bundle, raw=True)
     return box
