@@ -4,6 +4,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: pip vendors the same parser
@@ -121,3 +123,65 @@ def test_everything_the_package_imports_comes_without_dev_extras():
     assert not missing, f"imported but not installed by the core dependencies: {missing}"
     for name in ("nbformat", "nbclient", "jupyter-client", "ipykernel"):
         assert name in core and name in imported, name
+
+
+def test_licences_a_reuser_can_rely_on():
+    """MIT for the code (an SPDX expression, as setuptools >= 77 reads it, with its file),
+    CC BY 4.0 for the lessons' prose and figures, both stated in the README."""
+    project = pyproject()["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n\nCopyright (c) ")
+    content = " ".join((ROOT / "LICENSE-CONTENT").read_text().split())
+    assert "Creative Commons Attribution 4.0 International" in content
+    assert "Section 1 – Definitions." in content and "MIT License in LICENSE" in content
+    build = pyproject()["build-system"]["requires"]
+    assert build == ["setuptools>=77"], "SPDX license expressions need setuptools 77"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "under the MIT License, in `LICENSE`" in readme
+    cc_by = "[CC BY 4.0](https://creativecommons.org/licenses/by/4.0/), in `LICENSE-CONTENT`"
+    assert cc_by in readme
+
+
+def test_the_package_metadata_builds_without_deprecation_warnings(tmp_path):
+    """What `make lab` and `make test` build (`pip install -e .`): the metadata carries the
+    licence as an SPDX expression, and setuptools has nothing to warn about."""
+    import shutil
+    import subprocess
+
+    setuptools = pytest.importorskip("setuptools")
+    if tuple(int(p) for p in setuptools.__version__.split(".")[:1]) < (77,):
+        pytest.skip(f"setuptools {setuptools.__version__} here; the build uses setuptools>=77")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(
+        ROOT / "mlcourse", tmp_path / "mlcourse", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    code = (
+        "import sys\nfrom setuptools import build_meta\n"
+        "print(build_meta.prepare_metadata_for_build_wheel(sys.argv[1]))"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code, str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Deprecat" not in result.stderr + result.stdout, result.stderr
+    metadata = (out / result.stdout.split()[-1] / "METADATA").read_text()
+    assert "\nLicense-Expression: MIT\n" in metadata and "\nLicense-File: LICENSE\n" in metadata
+
+
+def test_citation_names_this_version_licences_and_a_repository():
+    yaml = pytest.importorskip("yaml")
+    from mlcourse import __version__, course
+
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0" and citation["type"] == "software"
+    assert citation["version"] == __version__ and citation["title"] and citation["authors"]
+    assert citation["license"] == ["MIT", "CC-BY-4.0"]
+    prefix = "https://github.com/"
+    assert citation["repository-code"].startswith(prefix)
+    course.check_repo(citation["repository-code"][len(prefix) :])
