@@ -14,15 +14,18 @@ episodes of a fixed seed.
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mlcourse import fewshot
+from mlcourse.learner import Learner, Weights
 from mlcourse.maml import params_of
 from mlcourse.models import NORMS, Conv4
-from mlcourse.options import check_config, option
+from mlcourse.options import check_config, nonnegative_int, option, positive_int
 from mlcourse.tasks import ProceduralCharacters, load_omniglot
 from mlcourse.training import make_adam, restore_generator
 
@@ -84,11 +87,11 @@ EXPERIMENTS: dict[str, dict] = {
 }
 
 DESCRIPTIONS = {
-    "protonet": "Prototypical Networks (Conv4) on few-shot characters",
-    "matchingnet": "Matching Networks (Conv4, cosine attention) on few-shot characters",
-    "maml": "MAML (second order, Conv4) on few-shot characters",
-    "fomaml": "first-order MAML (Conv4) on few-shot characters",
-    "anil": "ANIL (MAML adapting the head only, Conv4) on few-shot characters",
+    "protonet-chars": "Prototypical Networks (Conv4) on few-shot characters",
+    "matchingnet-chars": "Matching Networks (Conv4, cosine attention) on few-shot characters",
+    "maml-chars": "MAML (second order, Conv4) on few-shot characters",
+    "fomaml-chars": "first-order MAML (Conv4) on few-shot characters",
+    "anil-chars": "ANIL (MAML adapting the head only, Conv4) on few-shot characters",
 }
 
 
@@ -100,13 +103,16 @@ def make_dataset(config: CharsConfig):
     return ProceduralCharacters()
 
 
-class CharsLearner:
+class CharsLearner(Learner):
     """Holds the model, optimizer, data and episode generator of one run.
 
     Args:
         config: the run's :class:`CharsConfig`.
         device: where the model and the sampled episodes live.
     """
+
+    CONFIG = CharsConfig
+    FITS = "the same algorithm, --n-way (MAML, ANIL), --hidden-channels and --norm"
 
     def __init__(self, config: CharsConfig, device: torch.device | str = "cpu"):
         self.config = config
@@ -129,6 +135,7 @@ class CharsLearner:
         self.optimizer = make_adam(self.parameters(), lr=config.meta_lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.last_accuracy = float("nan")
+        self._accuracies: list[float] = []
 
     def sample(self, split: str = "train"):
         c = self.config
@@ -170,7 +177,17 @@ class CharsLearner:
         loss.backward()
         self.optimizer.step()
         self.last_accuracy = acc.item()
+        self._accuracies.append(self.last_accuracy)
         return loss.detach()
+
+    def metrics(self) -> dict[str, float]:
+        """``accuracy``: the mean query accuracy (%) of the training batches since the last
+        call."""
+        out = {}
+        if self._accuracies:
+            out["accuracy"] = round(100 * sum(self._accuracies) / len(self._accuracies), 3)
+        self._accuracies = []
+        return out
 
     def parameters(self) -> list[Tensor]:
         extra = list(self.fce.parameters()) if self.fce is not None else []
@@ -190,6 +207,67 @@ class CharsLearner:
             self.fce.load_state_dict(state["fce"])
         self.optimizer.load_state_dict(state["optimizer"])
         restore_generator(self.generator, state["generator"])
+
+    def weights(self) -> Weights:
+        out = {"model": self.model.state_dict()}
+        if self.fce is not None:
+            out["fce"] = self.fce.state_dict()
+        return out
+
+    @classmethod
+    def network(cls, config: CharsConfig, weights: Weights, device=None) -> nn.Module:
+        metric = config.algorithm in METRIC
+        model = Conv4(
+            out_features=None if metric else config.n_way,
+            hidden_channels=config.hidden_channels,
+            norm=config.norm,
+        )
+        model.load_state_dict(weights["model"])
+        return model.to(device).eval() if device is not None else model.eval()
+
+    @staticmethod
+    def add_eval_args(parser: argparse.ArgumentParser, defaults: Mapping) -> None:
+        parser.add_argument("--n-way", type=positive_int, default=5, help="classes per episode (N)")
+        parser.add_argument(
+            "--k-shot", type=positive_int, default=1, help="support images per class (K)"
+        )
+        parser.add_argument("--episodes", type=positive_int, default=1000, help="held-out episodes")
+        parser.add_argument(
+            "--k-query", type=positive_int, default=15, help="query images per class"
+        )
+        parser.add_argument(
+            "--split",
+            default="test",
+            choices=("test", "val", "train"),
+            help="classes to draw from: test (held out), val or train",
+        )
+        parser.add_argument(
+            "--inner-steps",
+            type=nonnegative_int,
+            default=None,
+            help="MAML/ANIL: test-time adaptation steps (default: the run's eval_inner_steps)",
+        )
+        parser.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the episodes")
+
+    def evaluate(self, options: argparse.Namespace) -> dict:
+        figures = evaluate(
+            self,
+            n_way=options.n_way,
+            k_shot=options.k_shot,
+            episodes=options.episodes,
+            k_query=options.k_query,
+            split=options.split,
+            seed=options.seed,
+            inner_steps=options.inner_steps,
+        )
+        return {
+            "dataset": self.config.dataset,
+            "n_way": options.n_way,
+            "k_shot": options.k_shot,
+            "episodes": options.episodes,
+            "split": options.split,
+            **figures,
+        }
 
     def episode_accuracies(self, tasks, *, inner_steps: int | None = None) -> Tensor:
         """``(T,)`` query accuracies of the trained learner on a batch of episodes."""

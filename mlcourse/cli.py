@@ -1,4 +1,5 @@
-"""The ``mlcourse`` command line: doctor, train, eval, bench, grade, release.
+"""The ``mlcourse`` command line: doctor, train, eval, pretrained, bench, baselines, grade,
+release.
 
 Every command that reports numbers takes ``--json`` and then prints exactly one JSON object on
 standard output (progress bars and messages go to standard error).
@@ -16,7 +17,8 @@ from mlcourse.options import nonnegative_float, positive_float, positive_int
 COMMANDS = {
     "doctor": "versions, device, widgets, and what will be slow",
     "train": "train an experiment, with checkpoints and --resume",
-    "eval": "evaluate a trained checkpoint",
+    "eval": "evaluate a trained checkpoint, or an agent the course ships",
+    "pretrained": "the agents the course ships, and the report figure each reproduces",
     "bench": "side-by-side speed ratios measured in one run",
     "baselines": "the classic bandit and MDP strategies (RL² Tables 1 and 2)",
     "grade": "execute submitted notebooks and write a gradebook",
@@ -81,9 +83,9 @@ def cmd_train(rest: list[str]) -> int:
         "--init-from",
         default=None,
         metavar="RUN",
-        help="start from the weights of another run of this experiment, or of a policy the "
-        "course ships (rl2-*: e.g. --init-from rl2-mdp-n10 fine-tunes the n = 10 agent on "
-        "n = 25); optimizer and schedule start afresh",
+        help="start from the weights of another run of this experiment, or of an agent the "
+        "course ships (`mlcourse pretrained`; e.g. --init-from rl2-mdp-n10 fine-tunes the "
+        "n = 10 agent on n = 25); optimizer and schedule start afresh",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", action="store_true", help="print one JSON summary")
@@ -139,7 +141,7 @@ def cmd_eval(rest: list[str]) -> int:
         "--checkpoint",
         required=True,
         help="run folder written by `mlcourse train`, or the name of an agent the course ships "
-        "(rl2-*: e.g. --checkpoint rl2-bandit-k5-n10)",
+        "(`mlcourse pretrained` lists them, e.g. --checkpoint rl2-bandit-k5-n10)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -149,6 +151,28 @@ def cmd_eval(rest: list[str]) -> int:
     result = experiments.run_evaluation(args.experiment, args.checkpoint, args, device=args.device)
     text = "\n".join(f"{k:<16}{v}" for k, v in result.items())
     _emit(result, args.json, text)
+    return 0
+
+
+def cmd_pretrained(rest: list[str]) -> int:
+    from mlcourse import pretrained
+
+    parser = _Parser(prog="mlcourse pretrained", description=COMMANDS["pretrained"])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(rest)
+    agents = [pretrained.load(name) for name in pretrained.names()]
+    result = {agent.name: agent.describe() for agent in agents}
+    lines = []
+    for agent in agents:
+        figure = agent.figure
+        value = figure.value if isinstance(figure.value, float) else list(figure.value)
+        lines += [
+            f"{agent.name}  ({agent.experiment}, {agent.steps} iterations)",
+            f"  reproduces  {figure.text}: {value}",
+            f"  measure it  {figure.command(agent)}",
+            f"  trained     {agent.trained}",
+        ]
+    _emit(result, args.json, "\n".join(lines))
     return 0
 
 
@@ -362,6 +386,7 @@ HANDLERS = {
     "doctor": cmd_doctor,
     "train": cmd_train,
     "eval": cmd_eval,
+    "pretrained": cmd_pretrained,
     "bench": cmd_bench,
     "baselines": cmd_baselines,
     "grade": cmd_grade,

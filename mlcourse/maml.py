@@ -26,6 +26,7 @@ __all__ = [
     "adapt",
     "adapt_batch",
     "adapt_reference",
+    "compile_meta_loss",
     "meta_loss",
     "meta_loss_loop",
     "params_of",

@@ -18,33 +18,29 @@ Parameters are ``dict[str, Tensor]``; per-goal parameters carry a leading goal d
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import argparse
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from mlcourse.envs import Navigation2DVectorEnv
-from mlcourse.options import check_config, option, parse_widths
-from mlcourse.rl.dice import dice_objective, lvc_objective
-from mlcourse.rl.policies import linear_feature_values
-from mlcourse.training import (
-    export_policy,
-    read_shipped_policy,
-    restore_generator,
-    shipped_policies,
+from mlcourse.learner import Learner, Weights
+from mlcourse.options import (
+    check_config,
+    nonnegative_float,
+    nonnegative_int,
+    option,
+    parse_widths,
+    positive_int,
 )
+from mlcourse.rl.dice import dice_objective, lvc_objective
+from mlcourse.rl.policies import GaussianMLPPolicy, gaussian_log_prob, linear_feature_values
+from mlcourse.training import make_adam, restore_generator
 
 Params = dict[str, Tensor]
-
-
-def gaussian_log_prob(mean: Tensor, log_std: Tensor, actions: Tensor) -> Tensor:
-    """log N(actions; mean, exp(log_std)²), summed over the last dimension."""
-    z = (actions - mean) * torch.exp(-log_std)
-    return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def gaussian_kl(mean0: Tensor, log_std0: Tensor, mean1: Tensor, log_std1: Tensor) -> Tensor:
@@ -495,10 +491,10 @@ EXPERIMENTS: dict[str, dict] = {
     "pretrain-nav": {"algorithm": "pretrain", "action_scale": 0.1},
 }
 DESCRIPTIONS = {
-    "maml": "MAML for RL (DiCE inner step, PPO outer step) on 2D navigation",
-    "fomaml": "first-order MAML for RL on 2D navigation",
-    "reptile": "Reptile for RL (policy-gradient inner steps) on 2D navigation",
-    "pretrain": "baseline: one policy trained on all goals jointly (PPO), adapted at test time",
+    "maml-rl-nav": "MAML for RL (DiCE inner step, PPO outer step) on 2D navigation",
+    "fomaml-rl-nav": "first-order MAML for RL on 2D navigation",
+    "reptile-rl-nav": "Reptile for RL (policy-gradient inner steps) on 2D navigation",
+    "pretrain-nav": "baseline: one policy trained on all goals jointly (PPO), adapted at test time",
 }
 
 
@@ -508,18 +504,19 @@ def sample_goals(num_goals: int, generator: torch.Generator, device=None) -> Ten
     return goals.to(device) if device is not None else goals
 
 
-class NavLearner:
-    """Policy, optimizer and generators of one 2D-navigation run (the learner protocol of
-    :mod:`mlcourse.training`).
+class NavLearner(Learner):
+    """Policy, optimizer and generators of one 2D-navigation run (the learner type of
+    :mod:`mlcourse.learner`).
 
     Args:
         config: the run's :class:`NavConfig`.
         device: where the policy and the environments live.
     """
 
-    def __init__(self, config: NavConfig, device: torch.device | str = "cpu"):
-        from mlcourse.rl.policies import GaussianMLPPolicy
+    CONFIG = NavConfig
+    FITS = "the same hidden widths"
 
+    def __init__(self, config: NavConfig, device: torch.device | str = "cpu"):
         self.config = config
         self.device = torch.device(device)
         with torch.random.fork_rng(devices=[]):
@@ -533,8 +530,6 @@ class NavLearner:
         self._stats: dict[str, list[float]] = {}
 
     def _make_optimizer(self):
-        from mlcourse.training import make_adam
-
         c = self.config
         if not c.log_std_lr:
             return make_adam(self.policy.parameters(), lr=c.outer_lr)
@@ -670,6 +665,57 @@ class NavLearner:
         restore_generator(self.goal_generator, state["goal_generator"])
         restore_generator(self.generator, state["generator"])
 
+    def weights(self) -> Weights:
+        return {"policy": self.policy.state_dict()}
+
+    @classmethod
+    def network(cls, config: NavConfig, weights: Weights, device=None) -> GaussianMLPPolicy:
+        policy = GaussianMLPPolicy(2, 2, config.hidden_sizes)
+        policy.load_state_dict(weights["policy"])
+        return policy.to(device).eval() if device is not None else policy.eval()
+
+    @staticmethod
+    def add_eval_args(parser: argparse.ArgumentParser, defaults: Mapping) -> None:
+        parser.add_argument(
+            "--inner-steps", type=nonnegative_int, default=3, help="adaptation steps"
+        )
+        parser.add_argument(
+            "--trajectories", type=positive_int, default=40, help="trajectories per goal"
+        )
+        parser.add_argument("--goals", type=positive_int, default=40, help="held-out goals")
+        parser.add_argument(
+            "--untrained",
+            action="store_true",
+            help="evaluate the run's initial parameters instead (the random-initialisation "
+            "baseline)",
+        )
+        parser.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the goals")
+        parser.add_argument(
+            "--later-inner-lr",
+            type=nonnegative_float,
+            default=None,
+            help="step size of the steps after the first (default: half the run's inner_lr, "
+            "as in the MAML paper's test script)",
+        )
+
+    def evaluate(self, options: argparse.Namespace) -> dict:
+        figures = evaluate_learner(
+            self,
+            inner_steps=options.inner_steps,
+            num_trajectories=options.trajectories,
+            num_goals=options.goals,
+            seed=options.seed,
+            untrained=options.untrained,
+            later_inner_lr=options.later_inner_lr,
+        )
+        return {
+            "inner_steps": options.inner_steps,
+            "trajectories": options.trajectories,
+            "goals": options.goals,
+            "untrained": options.untrained,
+            **figures,
+        }
+
 
 def evaluate_learner(
     learner: NavLearner,
@@ -708,37 +754,3 @@ def evaluate_learner(
     )
     later = step_sizes(c.inner_lr, 2, later_inner_lr)[1]
     return {"returns": returns, "inner_lr": c.inner_lr, "later_inner_lr": later}
-
-
-def export_pretrained(run: str | Path, path: str | Path, note: str = "") -> dict:
-    """Writes the policy of a navigation run (``mlcourse train maml-rl-nav ... --out RUN``,
-    likewise the other navigation experiments) as a small file that :func:`load_pretrained`
-    reads. Returns what was written, without the weights."""
-    return export_policy(run, path, EXPERIMENTS, "a navigation", note)
-
-
-def available_pretrained() -> list[str]:
-    """Names of the navigation policies shipped in ``mlcourse/pretrained/``."""
-    return shipped_policies("", "-nav.pt")
-
-
-def load_pretrained(name: str, device=None) -> tuple[nn.Module, Params, NavConfig, dict]:
-    """A shipped navigation policy: ``(policy, params, config, info)``; ``params`` is the
-    dictionary :func:`adapt`, :func:`rollout` and :func:`evaluate` take.
-
-    Example:
-        >>> policy, params, config, info = load_pretrained("fomaml-rl-nav")
-        >>> info["experiment"], config.hidden_sizes
-        ('fomaml-rl-nav', (100, 100))
-    """
-    from mlcourse.rl.policies import GaussianMLPPolicy
-
-    saved = read_shipped_policy(name, available_pretrained(), "pretrained navigation policy")
-    config = NavConfig(**saved["config"])
-    policy = GaussianMLPPolicy(2, 2, config.hidden_sizes)
-    policy.load_state_dict(saved["policy"])
-    if device is not None:
-        policy.to(device)
-    params = {n: p.detach() for n, p in policy.named_parameters()}
-    info = {k: v for k, v in saved.items() if k != "policy"}
-    return policy, params, config, info

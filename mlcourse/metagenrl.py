@@ -21,28 +21,27 @@ and trains fresh agents from scratch with it, on environments it has never seen.
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from mlcourse.options import check_config, option, parse_widths
+from mlcourse.envs import (
+    MountainCarContinuousVectorEnv,
+    Navigation2DVectorEnv,
+    PendulumVectorEnv,
+)
+from mlcourse.learner import Learner, Weights
+from mlcourse.models import MLP
+from mlcourse.options import check_config, option, parse_widths, positive_int
+from mlcourse.training import make_adam, restore_generator
 
 Params = dict[str, Tensor]
 NUM_FEATURES = 6
-
-
-def mlp(sizes: tuple[int, ...], activation=nn.ReLU) -> nn.Sequential:
-    """Linear layers of the given widths with ``activation`` between them."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
 
 
 class Actor(nn.Module):
@@ -55,7 +54,7 @@ class Actor(nn.Module):
 
     def __init__(self, obs_size: int, action_size: int, *, max_action: float, hidden=(64, 64)):
         super().__init__()
-        self.net = mlp((obs_size, *hidden, action_size))
+        self.net = MLP(obs_size, action_size, hidden)
         self.max_action = float(max_action)
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -67,8 +66,8 @@ class TwinCritic(nn.Module):
 
     def __init__(self, obs_size: int, action_size: int, hidden=(64, 64)):
         super().__init__()
-        self.q1 = mlp((obs_size + action_size, *hidden, 1))
-        self.q2 = mlp((obs_size + action_size, *hidden, 1))
+        self.q1 = MLP(obs_size + action_size, 1, hidden)
+        self.q2 = MLP(obs_size + action_size, 1, hidden)
 
     def forward(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.cat([obs, actions], dim=-1)
@@ -91,7 +90,7 @@ class LearnedObjective(nn.Module):
 
     def __init__(self, hidden=(32, 32)):
         super().__init__()
-        self.net = mlp((NUM_FEATURES, *hidden, 1), activation=nn.Tanh)
+        self.net = MLP(NUM_FEATURES, 1, hidden, activation=nn.Tanh)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.net(features).mean()
@@ -276,12 +275,6 @@ def make_env(name: str, generator: torch.Generator, device=None):
     - ``mountaincar``: engine power U[0.0012, 0.0018] (Gymnasium's: 0.0015);
     - ``navigation``: a goal U[−0.5, 0.5]², the same in every episode (it is not observed).
     """
-    from mlcourse.envs import (
-        MountainCarContinuousVectorEnv,
-        Navigation2DVectorEnv,
-        PendulumVectorEnv,
-    )
-
     u = torch.rand(2, generator=generator)
     if name == "pendulum":
         mass, length = 0.7 + 0.6 * u[0], 0.7 + 0.6 * u[1]
@@ -329,8 +322,6 @@ class Agent:
         exploration: float = 0.1,
         device=None,
     ):
-        from mlcourse.training import make_adam
-
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.generator = torch.Generator().manual_seed(seed)
         self.env_name = env_name
@@ -438,8 +429,6 @@ class Agent:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        from mlcourse.training import restore_generator
-
         for name in ("actor", "critic", "target_actor", "target_critic"):
             getattr(self, name).load_state_dict(state[name])
         self.actor_opt.load_state_dict(state["actor_opt"])
@@ -504,14 +493,15 @@ class MetaGenRLConfig:
         return parse_widths(text)
 
 
-class MetaGenRLLearner:
-    """The population and the learned objective (the learner protocol of
-    :mod:`mlcourse.training`: one ``step`` is one environment step of every agent, with the
+class MetaGenRLLearner(Learner):
+    """The population and the learned objective (the learner type of
+    :mod:`mlcourse.learner`: one ``step`` is one environment step of every agent, with the
     updates TD3 makes after it and, every ``policy_delay`` steps, an objective update)."""
 
-    def __init__(self, config: MetaGenRLConfig, device: torch.device | str = "cpu"):
-        from mlcourse.training import make_adam
+    CONFIG = MetaGenRLConfig
+    FITS = "the same --objective-hidden widths"
 
+    def __init__(self, config: MetaGenRLConfig, device: torch.device | str = "cpu"):
         self.config = config
         self.device = torch.device(device)
         hidden = config.widths(config.hidden)
@@ -605,6 +595,35 @@ class MetaGenRLLearner:
         for agent, saved in zip(self.agents, state["agents"], strict=True):
             agent.load_state_dict(saved)
 
+    def weights(self) -> Weights:
+        return {"objective": self.objective.state_dict()}
+
+    @classmethod
+    def network(cls, config: MetaGenRLConfig, weights: Weights, device=None) -> LearnedObjective:
+        """The learned objective, frozen (no parameter requires grad)."""
+        objective = LearnedObjective(config.widths(config.objective_hidden))
+        objective.load_state_dict(weights["objective"])
+        objective.requires_grad_(False).eval()
+        return objective.to(device) if device is not None else objective
+
+    @staticmethod
+    def add_eval_args(parser: argparse.ArgumentParser, defaults: Mapping) -> None:
+        parser.add_argument(
+            "--env",
+            default="pendulum",
+            choices=ENVS,
+            help=f"environment family to train fresh agents on: one of {', '.join(ENVS)}",
+        )
+        parser.add_argument("--seeds", type=positive_int, default=3, help="agents per objective")
+        parser.add_argument(
+            "--steps", type=positive_int, default=20_000, help="environment steps per agent"
+        )
+
+    def evaluate(self, options: argparse.Namespace) -> dict:
+        o = options
+        figures = meta_test(self.objective, o.env, seeds=o.seeds, steps=o.steps, device=self.device)
+        return {"meta_trained_on": self.config.env_names, **figures}
+
 
 def train_agent(
     env_name: str,
@@ -676,48 +695,10 @@ def meta_test(
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Learned objectives shipped with the course
-
-
-def export_pretrained(run: str | Path, path: str | Path, note: str = "") -> dict:
-    """Writes the learned objective of a ``mlcourse train metagenrl --out RUN`` run as a small
-    file that :func:`load_pretrained` reads (the population's actors, critics and buffers are
-    left behind). Returns what was written, without the weights."""
-    from mlcourse.training import export_policy
-
-    return export_policy(run, path, EXPERIMENTS, "a MetaGenRL", note, key="objective")
-
-
-def available_pretrained() -> list[str]:
-    """Names of the learned objectives shipped in ``mlcourse/pretrained/``."""
-    from mlcourse.training import shipped_policies
-
-    return shipped_policies("metagenrl-", ".pt")
-
-
-def load_pretrained(name: str, device=None) -> tuple[LearnedObjective, dict]:
-    """A shipped learned objective, frozen: ``(objective, info)``; ``info`` says how and on
-    which environment families it was meta-trained.
-
-    Example:
-        >>> objective, info = load_pretrained("metagenrl-nav-mc")
-        >>> info["config"]["envs"], sum(p.numel() for p in objective.parameters())
-        ('navigation,mountaincar', 1313)
-    """
-    from mlcourse.training import read_shipped_policy
-
-    saved = read_shipped_policy(name, available_pretrained(), "learned objective")
-    config = MetaGenRLConfig(**saved["config"])
-    objective = LearnedObjective(config.widths(config.objective_hidden))
-    objective.load_state_dict(saved["policy"])
-    objective.requires_grad_(False).eval()
-    info = {k: v for k, v in saved.items() if k != "policy"}
-    return objective.to(device) if device is not None else objective, info
-
-
 EXPERIMENTS: dict[str, dict] = {"metagenrl": {}}
-DESCRIPTIONS = {"metagenrl": "MetaGenRL: a learned policy objective, meta-trained by a population"}
+DESCRIPTIONS = {
+    "metagenrl": "MetaGenRL: a learned policy objective, meta-trained by a population",
+}
 
 
 def gradient_alignment(

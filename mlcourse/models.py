@@ -8,12 +8,16 @@ from torch import Tensor, nn
 
 
 class MLP(nn.Sequential):
-    """A fully connected ReLU network; the default is the MAML paper's 1-40-40-1 regressor.
+    """A fully connected network; the default is the MAML paper's 1-40-40-1 ReLU regressor.
+
+    The layers are numbered as in ``nn.Sequential``: ``0`` the first linear layer, ``1`` its
+    activation, ``2`` the next linear layer, and so on.
 
     Args:
         in_features: input size.
         out_features: output size.
         hidden_sizes: width of each hidden layer.
+        activation: the activation module after each hidden layer.
 
     Example:
         >>> import torch
@@ -22,12 +26,16 @@ class MLP(nn.Sequential):
     """
 
     def __init__(
-        self, in_features: int = 1, out_features: int = 1, hidden_sizes: Sequence[int] = (40, 40)
+        self,
+        in_features: int = 1,
+        out_features: int = 1,
+        hidden_sizes: Sequence[int] = (40, 40),
+        activation: type[nn.Module] = nn.ReLU,
     ):
         layers: list[nn.Module] = []
         width = in_features
         for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            layers += [nn.Linear(width, hidden), activation()]
             width = hidden
         layers.append(nn.Linear(width, out_features))
         super().__init__(*layers)

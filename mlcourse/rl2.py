@@ -11,27 +11,23 @@ the "slow" RL algorithm trains a "fast" one. Introduced in lesson 06
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlcourse.envs import BernoulliBanditVectorEnv, TabularMDPVectorEnv
-from mlcourse.options import check_config, option
+from mlcourse.learner import Learner, Weights
+from mlcourse.options import check_config, option, positive_int
 from mlcourse.rl.bandits import mean_and_stderr
 from mlcourse.rl.ppo import ppo_clip_loss
 from mlcourse.rl.returns import gae
-from mlcourse.training import (
-    TrainingDiverged,
-    export_policy,
-    make_adam,
-    read_shipped_policy,
-    restore_generator,
-    shipped_policies,
-)
+from mlcourse.training import TrainingDiverged, make_adam, restore_generator
 
 TASKS = ("bandit", "mdp")
 VALUE_SCALE_RATE = 0.1  # how fast the value head's scale follows the spread of its targets
@@ -95,12 +91,6 @@ class RL2Config:
             raise ValueError("minibatches cannot exceed trials_per_step")
 
     @property
-    def trial_length(self) -> int:
-        if self.task == "bandit":
-            return self.num_pulls
-        return self.episode_length * self.num_episodes
-
-    @property
     def obs_size(self) -> int:
         return 1 if self.task == "bandit" else self.num_states
 
@@ -132,8 +122,8 @@ EXPERIMENTS: dict[str, dict] = {
     },
 }
 DESCRIPTIONS = {
-    "bandit": "RL² (GRU + PPO over trials) on Bernoulli bandits",
-    "mdp": "RL² (GRU + PPO over trials) on random tabular MDPs",
+    "rl2-bandit": "RL² (GRU + PPO over trials) on Bernoulli bandits",
+    "rl2-mdp": "RL² (GRU + PPO over trials) on random tabular MDPs",
 }
 
 
@@ -544,14 +534,17 @@ def ppo_update(
     return {k: v / updates for k, v in totals.items()}
 
 
-class RL2Learner:
-    """Policy, optimizer, environments and generators of one RL² run (see
-    :mod:`mlcourse.training` for the learner protocol).
+class RL2Learner(Learner):
+    """Policy, optimizer, environments and generators of one RL² run (the learner type of
+    :mod:`mlcourse.learner`).
 
     Args:
         config: the run's :class:`RL2Config`.
         device: where the policy and the environments live.
     """
+
+    CONFIG = RL2Config
+    FITS = "the same hidden size, number of states and number of actions"
 
     def __init__(self, config: RL2Config, device: torch.device | str = "cpu"):
         self.config = config
@@ -625,28 +618,71 @@ class RL2Learner:
             "generator": self.generator.get_state(),
         }
 
-    def load_weights(self, state: dict, source: str = "the other run") -> None:
-        """Starts from the policy (GRU, heads and value scale) of another run's ``state``;
-        the optimizer, generators and schedule stay fresh. The tasks may differ in trial
-        length (e.g. ``num_episodes``) but not in the policy's shapes. When only one of the
-        two runs has a privileged critic, the agent (GRU and policy head) and the value scale
-        are taken and this run's value head starts afresh."""
-        own = self.policy.state_dict()
-        theirs = dict(state["policy"])
-        same_critic = ("critic.out.weight" in theirs) == bool(self.policy.task_size)
-        if not same_critic:
-            fresh = [k for k in own if k.startswith(("critic.", "value_head."))]
-            theirs = {
-                k: v for k, v in theirs.items() if not k.startswith(("critic.", "value_head."))
-            }
-            theirs.update({k: own[k] for k in fresh})
-        wrong = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
-        if wrong:
-            raise ValueError(
-                f"the policy of {source} does not fit this run's ({', '.join(wrong)} differ): "
-                "it needs the same hidden size, number of states and number of actions"
+    def weights(self) -> Weights:
+        return {"policy": self.policy.state_dict()}
+
+    def _incoming_weights(self, own: Weights, weights: Mapping) -> Mapping[str, Mapping]:
+        """The tasks may differ in trial length (e.g. ``num_episodes``) but not in the
+        policy's shapes. When only one of the two runs has a privileged critic, the agent (GRU
+        and policy head) and the value scale are taken and this run's value head starts
+        afresh."""
+        mine, theirs = own["policy"], dict(weights["policy"])
+        if ("critic.out.weight" in theirs) != bool(self.policy.task_size):
+            critic = ("critic.", "value_head.")
+            theirs = {k: v for k, v in theirs.items() if not k.startswith(critic)}
+            theirs.update({k: v for k, v in mine.items() if k.startswith(critic)})
+        return {"policy": theirs}
+
+    @classmethod
+    def network(cls, config: RL2Config, weights: Weights, device=None) -> RL2Policy:
+        policy = RL2Policy(
+            config.obs_size, config.action_size, config.hidden_size, config.task_size
+        )
+        policy.load_state_dict(weights["policy"])
+        return policy.to(device).eval() if device is not None else policy.eval()
+
+    @staticmethod
+    def add_eval_args(parser: argparse.ArgumentParser, defaults: Mapping) -> None:
+        if defaults.get("task", RL2Config.task) == "bandit":
+            parser.add_argument(
+                "--arms", type=positive_int, default=None, help="k (default: the run's)"
             )
-        self.policy.load_state_dict(theirs)
+            parser.add_argument(
+                "--pulls", type=positive_int, default=None, help="n (default: the run's)"
+            )
+            parser.add_argument(
+                "--episodes", type=positive_int, default=1000, help="held-out bandits (trials)"
+            )
+        else:
+            parser.add_argument(
+                "--episodes-per-trial",
+                type=positive_int,
+                default=None,
+                help="n (default: the run's)",
+            )
+            parser.add_argument(
+                "--trials", type=positive_int, default=1000, help="held-out MDPs (trials)"
+            )
+        parser.add_argument("--greedy", action="store_true", help="most likely action, no sampling")
+        parser.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the tasks")
+
+    def evaluate(self, options: argparse.Namespace) -> dict:
+        c = self.config
+        if c.task == "bandit":
+            sizes = {
+                "num_arms": c.num_arms if options.arms is None else options.arms,
+                "num_pulls": c.num_pulls if options.pulls is None else options.pulls,
+            }
+            trials = options.episodes
+        else:
+            n = options.episodes_per_trial
+            sizes = {"num_episodes": c.num_episodes if n is None else n}
+            trials = options.trials
+        config = dataclasses.replace(c, **sizes)
+        figures = evaluate(
+            self.policy, config, num_trials=trials, seed=options.seed, greedy=options.greedy
+        )
+        return {**sizes, "trials": trials, "greedy": options.greedy, **figures}
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
@@ -688,36 +724,3 @@ def evaluate(
     finally:
         policy.bf16 = bf16
     return mean_and_stderr(trials.returns)
-
-
-# ---------------------------------------------------------------------------------------------
-# Pretrained agents shipped with the course
-
-
-def export_pretrained(run: str | Path, path: str | Path, note: str = "") -> dict:
-    """Writes the policy of a training run (``mlcourse train rl2-... --out RUN``) as a small
-    file that :func:`load_pretrained` reads: the config, the policy's weights, and how it was
-    trained. Returns what was written, without the weights."""
-    return export_policy(run, path, EXPERIMENTS, "an RL²", note)
-
-
-def available_pretrained() -> list[str]:
-    """Names of the agents shipped in ``mlcourse/pretrained/``."""
-    return shipped_policies("rl2-", ".pt")
-
-
-def load_pretrained(name: str, device=None) -> tuple[RL2Policy, RL2Config, dict]:
-    """A shipped RL² agent: ``(policy, config, info)``; ``info`` says how it was trained.
-
-    Example:
-        >>> policy, config, info = load_pretrained("rl2-bandit-k5-n10")
-        >>> config.num_arms, config.num_pulls, policy.hidden_size
-        (5, 10, 256)
-    """
-    saved = read_shipped_policy(name, available_pretrained(), "pretrained agent")
-    config = RL2Config(**saved["config"])
-    policy = RL2Policy(config.obs_size, config.action_size, config.hidden_size, config.task_size)
-    policy.load_state_dict(saved["policy"])
-    policy.eval()
-    info = {k: v for k, v in saved.items() if k != "policy"}
-    return policy.to(device) if device is not None else policy, config, info

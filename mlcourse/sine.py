@@ -8,8 +8,10 @@ points, meta-batches of 25 tasks, one inner step of size 0.01, Adam with step 0.
 
 from __future__ import annotations
 
+import argparse
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -17,10 +19,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from mlcourse.maml import _adapt, compile_meta_loss, meta_loss, params_of
+from mlcourse.learner import Learner, Weights
+from mlcourse.maml import adapt, compile_meta_loss, meta_loss, params_of
 from mlcourse.metasgd import init_inner_lrs
 from mlcourse.models import MLP
-from mlcourse.options import check_config, option, parse_widths
+from mlcourse.options import (
+    check_config,
+    nonnegative_float,
+    nonnegative_int,
+    option,
+    parse_widths,
+    positive_int,
+)
 from mlcourse.reptile import reptile_step
 from mlcourse.tasks import Sinusoid
 from mlcourse.training import make_adam, restore_generator
@@ -81,15 +91,26 @@ EXPERIMENTS: dict[str, dict] = {
     },
     "pretrain-sine": {"algorithm": "pretrain"},
 }
+DESCRIPTIONS = {
+    "maml-sine": "MAML (second order) on sinusoid regression",
+    "fomaml-sine": "first-order MAML on sinusoid regression",
+    "metasgd-sine": "Meta-SGD (learned per-parameter step sizes) on sinusoid regression",
+    "reptile-sine": "Reptile (batched) on sinusoid regression",
+    "pretrain-sine": "baseline: one network trained on all sinusoids jointly, fine-tuned at "
+    "test time",
+}
 
 
-class SineLearner:
+class SineLearner(Learner):
     """Holds the model, meta-parameters, optimizer and task generator of one run.
 
     Args:
         config: the run's :class:`SineConfig`.
         device: where the model and the sampled tasks live.
     """
+
+    CONFIG = SineConfig
+    FITS = "the same hidden widths"
 
     def __init__(self, config: SineConfig, device: torch.device | str = "cpu"):
         self.config = config
@@ -203,6 +224,54 @@ class SineLearner:
             self.optimizer.load_state_dict(state["optimizer"])
         restore_generator(self.generator, state["generator"])
 
+    def weights(self) -> Weights:
+        out = {"model": self.model.state_dict()}
+        if self.inner_lrs is not None:
+            out["inner_lrs"] = {n: t.detach() for n, t in self.inner_lrs.items()}
+        return out
+
+    @classmethod
+    def network(cls, config: SineConfig, weights: Weights, device=None) -> nn.Module:
+        model = MLP(hidden_sizes=config.hidden_sizes)
+        model.load_state_dict(weights["model"])
+        return model.to(device).eval() if device is not None else model.eval()
+
+    @staticmethod
+    def add_eval_args(parser: argparse.ArgumentParser, defaults: Mapping) -> None:
+        parser.add_argument(
+            "--shots", type=positive_int, default=10, help="support points per task (K)"
+        )
+        parser.add_argument(
+            "--inner-steps", type=nonnegative_int, default=1, help="adaptation steps"
+        )
+        parser.add_argument("--num-tasks", type=positive_int, default=1000, help="held-out tasks")
+        parser.add_argument(
+            "--inner-lr",
+            type=nonnegative_float,
+            default=None,
+            help="test-time step size (default: the run's; Meta-SGD: learned)",
+        )
+        parser.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of held-out tasks")
+
+    def evaluate(self, options: argparse.Namespace) -> dict:
+        inner_lr = self.eval_inner_lr() if options.inner_lr is None else options.inner_lr
+        figures = evaluate(
+            self.model,
+            self.params,
+            inner_lr,
+            shots=options.shots,
+            inner_steps=options.inner_steps,
+            num_tasks=options.num_tasks,
+            seed=options.seed,
+        )
+        return {
+            "shots": options.shots,
+            "inner_steps": options.inner_steps,
+            "num_tasks": options.num_tasks,
+            "inner_lr": "learned" if isinstance(inner_lr, dict) else inner_lr,
+            **figures,
+        }
+
 
 def evaluate(
     model: nn.Module,
@@ -244,7 +313,7 @@ def evaluate(
     params = {n: p.detach() for n, p in params.items()}
 
     def one_step(p, x, y):
-        return _adapt(model, p, x, y, F.mse_loss, inner_lr, 1, True)
+        return adapt(model, p, x, y, loss_fn=F.mse_loss, inner_lr=inner_lr, first_order=True)
 
     def query_mse(p, x, y):
         return F.mse_loss(functional_call(model, p, (x,)), y)

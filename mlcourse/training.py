@@ -1,13 +1,13 @@
 """The training loop every experiment shares: progress bar, checkpoints, resume, NaN guard.
 
-An experiment provides a *learner*: an object with ``step(step_index) -> loss tensor``,
-``state_dict()``, ``load_state_dict(state)`` and ``parameters()``, and optionally
-``metrics() -> dict`` of figures added to each log line (e.g. RL²'s mean trial return) and
-``load_weights(state, source)`` to start from another run's weights (``init_from``).
-:func:`train` runs it for ``config.steps`` steps or until a time budget runs out, saving a
-checkpoint after the first step, every ``checkpoint_every`` seconds and when interrupted, so a
-stopped run (a Colab disconnect, Ctrl-C, ``kill -9``) loses at most that much and continues with
-``resume=True`` exactly where it stopped. Checkpoints are loaded with ``weights_only=True``:
+An experiment provides a *learner* (:class:`mlcourse.learner.Learner`): ``step(step_index) ->
+loss tensor``, ``metrics()`` (figures added to each log line, e.g. RL²'s mean trial return),
+``state_dict()`` / ``load_state_dict(state)``, ``parameters()`` and ``load_weights`` (to start
+from another run's weights, ``init_from``). :func:`train` runs it for ``config.steps`` steps or
+until a time budget runs out, saving a checkpoint after the first step, every
+``checkpoint_every`` seconds and when interrupted, so a stopped run (a Colab disconnect, Ctrl-C,
+``kill -9``) loses at most that much and continues with ``resume=True`` exactly where it
+stopped. Checkpoints are loaded with ``weights_only=True``:
 tensors and plain values, never pickled code.
 """
 
@@ -495,7 +495,7 @@ def _train_locked(
                     if not math.isfinite(last_loss):
                         raise TrainingDiverged(_diverged_message(step, ckpt, config))
                     elapsed = base_seconds + time.perf_counter() - t0
-                    extra = learner.metrics() if hasattr(learner, "metrics") else {}
+                    extra = learner.metrics()
                     line = {"step": step, "loss": last_loss, "seconds": round(elapsed, 3)}
                     log.write(json.dumps({**line, **extra}) + "\n")
                     log.flush()
@@ -559,17 +559,14 @@ def _saved_record(out: Path) -> dict:
 
 
 def _load_initial_weights(learner, experiment: str, init_from, device) -> dict:
-    """Loads the weights of ``init_from`` (a run folder, or the name of a policy the course ships)
-    into ``learner``; returns where they came from."""
-    if not hasattr(learner, "load_weights"):
-        raise ValueError(
-            f"'{experiment}' cannot start from another run's weights (--init-from); "
-            "train it from scratch or --resume one of its runs"
-        )
-    if not Path(init_from).exists():  # not a run: a policy the course ships?
-        saved = shipped_policy_for(experiment, str(init_from), "--init-from")
-        learner.load_weights({"policy": saved["policy"]}, source=f"shipped {init_from}")
-        return {"shipped": str(init_from), "step": saved["steps"]}
+    """Loads the weights of ``init_from`` (a run folder, or a shipped agent of
+    :mod:`mlcourse.pretrained`) into ``learner``; returns where they came from."""
+    if not Path(init_from).exists():  # not a run folder: an agent the course ships?
+        from mlcourse import pretrained  # (which reads its files with this module's safe_load)
+
+        agent = pretrained.load_for(experiment, str(init_from), "--init-from")
+        learner.load_weights(agent.weights, source=f"shipped {agent.name}")
+        return {"shipped": agent.name, "step": agent.steps}
     state = load_checkpoint(init_from, device)
     if state["experiment"] != experiment:
         raise ValueError(
@@ -610,74 +607,6 @@ def restore_generator(generator: torch.Generator, state: torch.Tensor) -> None:
             "run will not repeat the original device's samples exactly",
             stacklevel=2,
         )
-
-
-PRETRAINED_DIR = "pretrained"  # inside the package: policies the course ships
-
-
-def export_policy(
-    run: str | Path, path: str | Path, experiments, kind: str, note: str = "", key="policy"
-) -> dict:
-    """Writes the policy of a finished run as a small file: its config, its weights and how it
-    was trained. ``experiments`` are the names the run may hold (``kind`` names them in the
-    error); ``key`` is the learner's entry that holds the weights (stored under ``"policy"``).
-    Returns what was written, without the weights."""
-    state = load_checkpoint(run, "cpu")
-    if state["experiment"] not in experiments:
-        raise ValueError(f"{run} holds a '{state['experiment']}' run, not {kind} one")
-    info = {
-        "experiment": state["experiment"],
-        "config": state["config"],
-        "steps": state["step"],
-        "seconds": round(state["seconds"], 1),
-        "note": note,
-    }
-    torch.save({**info, "policy": state["learner"][key]}, path)
-    return info
-
-
-def shipped_policies(prefix: str = "", suffix: str = ".pt") -> list[str]:
-    """Names of the policies shipped in ``mlcourse/pretrained/`` whose file names start with
-    ``prefix`` and end with ``suffix``."""
-    from importlib.resources import files
-
-    folder = files("mlcourse") / PRETRAINED_DIR
-    return sorted(
-        p.name[:-3]
-        for p in folder.iterdir()
-        if p.is_file() and p.name.startswith(prefix) and p.name.endswith(suffix)
-    )
-
-
-def read_shipped_policy(name: str, names: list[str], what: str) -> dict:
-    """The saved file of shipped policy ``name`` (one of ``names``), read onto the CPU."""
-    from importlib.resources import as_file, files
-
-    if name not in names:
-        raise KeyError(f"no {what} {name!r}; the course ships {names}")
-    with as_file(files("mlcourse") / PRETRAINED_DIR / f"{name}.pt") as path:
-        return safe_load(path, "cpu")
-
-
-def shipped_policy_for(experiment: str, name: str, option: str) -> dict:
-    """The saved file of the shipped policy ``name``, checked to be one of ``experiment``.
-    ``option`` (``--init-from``, ``--checkpoint``) is the command-line option that named it, for
-    the errors: a name the course does not ship, or a policy of another experiment."""
-    shipped = shipped_policies()
-    if name not in shipped:
-        own = [n for n in shipped if n.startswith(experiment + "-")]
-        hint = f", or name one it ships for {experiment} ({', '.join(own)})" if own else ""
-        raise FileNotFoundError(
-            f"{option} {name}: no such run folder, and the course ships no policy of that "
-            f"name. Train one with `mlcourse train {experiment} --out {name}`{hint}"
-        )
-    saved = read_shipped_policy(name, shipped, "shipped policy")
-    if saved["experiment"] != experiment:
-        raise ValueError(
-            f"{option} {name} is a shipped '{saved['experiment']}' policy; "
-            f"'{experiment}' can only use a '{experiment}' one"
-        )
-    return saved
 
 
 def default_device() -> torch.device:

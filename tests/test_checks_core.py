@@ -403,3 +403,16 @@ def test_an_answer_that_calls_the_packages_own_implementation_fails(registry):
         )
     assert options.parse_widths is parse_widths  # everything put back
     assert parse_widths("1,2") == (1, 2)
+
+
+def test_two_checks_of_the_same_name_are_refused():
+    """A notebook calls a check by name: a second lesson's check of the same name would
+    silently replace the first in the registry."""
+    before = dict(REGISTRY["inner_update"])
+    with pytest.raises(ValueError, match="two checks are named 'inner_update'.*02_maml.*07_"):
+
+        @check("07_maml_rl")
+        def inner_update(fn):
+            return "never"
+
+    assert REGISTRY["inner_update"] == before

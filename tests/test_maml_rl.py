@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mlcourse import maml_rl as M
+from mlcourse import pretrained
 from mlcourse.rl.policies import GaussianMLPPolicy, linear_feature_values
 
 
@@ -193,10 +194,10 @@ def test_the_outer_loss_uses_the_chosen_estimator():
 
 def test_shipped_policy_loads_and_adapts():
     """The navigation policy the lesson uses improves after one policy-gradient step."""
-    names = M.available_pretrained()
-    assert "fomaml-rl-nav" in names and not any(n.startswith("rl2-") for n in names)
-    policy, params, config, info = M.load_pretrained("fomaml-rl-nav")
-    assert info["steps"] > 0 and config.algorithm == "fomaml"
+    shipped = pretrained.load("fomaml-rl-nav")
+    policy, config = shipped.network(), shipped.config
+    params = {n: p.detach() for n, p in policy.named_parameters()}
+    assert shipped.steps > 0 and config.algorithm == "fomaml"
     goals = M.sample_goals(10, torch.Generator().manual_seed(M.EVAL_SEED))
     returns = M.evaluate(
         policy,
@@ -207,17 +208,16 @@ def test_shipped_policy_loads_and_adapts():
         generator=torch.Generator().manual_seed(1),
     )
     assert returns[1] > returns[0] + 10  # about −40 before, −14 after on these goals
-    with pytest.raises(KeyError, match="ships"):
-        M.load_pretrained("rl2-bandit-k5-n10")
 
 
 def test_shipped_reptile_policy_loads_and_adapts():
     """The Reptile navigation policy lesson 07 sets beside first-order MAML's: a Reptile run
     (ε = 1, three inner steps) that improves after one policy-gradient step."""
-    assert "reptile-rl-nav" in M.available_pretrained()
-    policy, params, config, info = M.load_pretrained("reptile-rl-nav")
-    assert info["experiment"] == "reptile-rl-nav" and config.algorithm == "reptile"
-    assert info["steps"] > 0 and config.outer_lr == 1.0 and config.reptile_inner_steps == 3
+    shipped = pretrained.load("reptile-rl-nav")
+    policy, config = shipped.network(), shipped.config
+    params = {n: p.detach() for n, p in policy.named_parameters()}
+    assert shipped.experiment == "reptile-rl-nav" and config.algorithm == "reptile"
+    assert shipped.steps > 0 and config.outer_lr == 1.0 and config.reptile_inner_steps == 3
     assert config.action_scale == 0.1
     goals = M.sample_goals(10, torch.Generator().manual_seed(M.EVAL_SEED))
     returns = M.evaluate(
@@ -237,12 +237,12 @@ def test_exported_reptile_run_loads_as_tensors_only(tmp_path):
 
     small = dict(meta_batch_size=2, trajectories=2, hidden="8,8", steps=1, reptile_inner_steps=2)
     run_training("reptile-rl-nav", tmp_path / "run", overrides=small, progress=False)
-    info = M.export_pretrained(tmp_path / "run", tmp_path / "policy.pt", note="test")
+    info = pretrained.export(tmp_path / "run", tmp_path / "policy.pt", note="test")
     assert info["experiment"] == "reptile-rl-nav" and info["steps"] == 1
     saved = torch.load(tmp_path / "policy.pt", weights_only=True)
     config = M.NavConfig(**saved["config"])
     policy = GaussianMLPPolicy(2, 2, config.hidden_sizes)
-    policy.load_state_dict(saved["policy"])
+    policy.load_state_dict(saved["weights"]["policy"])
     assert config.algorithm == "reptile" and saved["note"] == "test"
 
 
@@ -259,7 +259,7 @@ def test_new_runs_act_in_units_of_the_action_range_and_old_runs_load_unchanged(t
     torch.save(state, path)
     learner, _ = load_learner("fomaml-rl-nav", tmp_path / "run", "cpu")
     assert learner.config.action_scale == 1.0
-    assert M.load_pretrained("fomaml-rl-nav")[2].action_scale == 0.1  # the shipped policy
+    assert pretrained.load("fomaml-rl-nav").config.action_scale == 0.1  # the shipped policy
 
 
 def test_log_std_gets_its_own_step_size_only_when_asked(tmp_path):

@@ -215,32 +215,29 @@ def test_gradient_alignment_is_one_for_the_ddpg_objective():
 
 
 def test_export_and_the_shipped_objectives(tmp_path):
-    from mlcourse import experiments, metagenrl
+    from mlcourse import experiments, pretrained
 
     experiments.run_training(
         "metagenrl", tmp_path / "run", overrides=SMALL, device="cpu", progress=False
     )
-    info = metagenrl.export_pretrained(tmp_path / "run", tmp_path / "objective.pt", note="test")
+    info = pretrained.export(tmp_path / "run", tmp_path / "objective.pt", note="test")
     saved = torch.load(tmp_path / "objective.pt", weights_only=True)
     run = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert info["steps"] == SMALL["steps"] and "agents" not in saved["policy"]
+    assert info["steps"] == SMALL["steps"] and set(saved["weights"]) == {"objective"}
     for key, value in run["learner"]["objective"].items():
-        assert torch.equal(saved["policy"][key], value), key
-    assert {"metagenrl-nav-mc", "metagenrl-pen-mc"} <= set(metagenrl.available_pretrained())
+        assert torch.equal(saved["weights"]["objective"][key], value), key
+    names = [n for n in pretrained.names() if n.startswith("metagenrl-")]
+    assert names == ["metagenrl-nav-mc", "metagenrl-pen-mc"]
     actor, critic, batch, params = _setup(dtype=torch.float32)
-    for name in metagenrl.available_pretrained():
-        objective, meta = metagenrl.load_pretrained(name)
-        assert meta["steps"] > 0 and len(meta["config"]["envs"].split(",")) == 2
+    for name in names:
+        shipped = pretrained.load(name)
+        objective = shipped.network()
+        assert shipped.steps > 0 and len(shipped.config.env_names) == 2
         assert not any(p.requires_grad for p in objective.parameters())
         params = {n: p.requires_grad_() for n, p in params.items()}
         loss = objective(objective_features(actor, params, critic, batch))
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         assert loss.isfinite() and any(g is not None and g.abs().sum() > 0 for g in grads)
-    with pytest.raises(KeyError, match="ships"):
-        metagenrl.load_pretrained("no-such-objective")
-    experiments.run_training("maml-sine", tmp_path / "sine", overrides={"steps": 1}, progress=False)
-    with pytest.raises(ValueError, match="not a MetaGenRL"):
-        metagenrl.export_pretrained(tmp_path / "sine", tmp_path / "wrong.pt")
 
 
 def test_metrics_leave_out_a_family_with_no_finished_episode():

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from mlcourse import rl2
+from mlcourse import pretrained, rl2
 from mlcourse.cli import main
 from mlcourse.rl.ppo import ppo_clip_loss
 from mlcourse.rl.returns import discounted_returns, gae
@@ -456,13 +456,14 @@ def test_eval_command_plays_a_shipped_agent_by_name(capsys):
     argv = ["eval", "rl2-bandit", "--checkpoint", "rl2-bandit-k5-n10", "--pulls", "20"]
     assert main([*argv, "--episodes", "300", "--device", "cpu", "--json"]) == 0
     result = one_json(capsys.readouterr().out)
-    policy, config, info = rl2.load_pretrained("rl2-bandit-k5-n10")
-    expected = rl2.evaluate(policy, dataclasses.replace(config, num_pulls=20), num_trials=300)
+    shipped = pretrained.load("rl2-bandit-k5-n10")
+    config = dataclasses.replace(shipped.config, num_pulls=20)
+    expected = rl2.evaluate(shipped.network(), config, num_trials=300)
     assert result["mean"] == expected["mean"] and result["stderr"] == expected["stderr"]
-    assert result["num_pulls"] == 20 and result["trained_steps"] == info["steps"] > 0
+    assert result["num_pulls"] == 20 and result["trained_steps"] == shipped.steps > 0
     # A shipped agent of another experiment, or a name the course does not ship, is refused.
     assert main(["eval", "rl2-mdp", "--checkpoint", "rl2-bandit-k5-n10"]) == 1
-    assert "shipped 'rl2-bandit' policy" in capsys.readouterr().err
+    assert "shipped 'rl2-bandit' agent" in capsys.readouterr().err
     assert main(["eval", "rl2-bandit", "--checkpoint", "rl2-bandit-k9"]) == 1
     err = capsys.readouterr().err
     assert "no such run folder" in err and "rl2-bandit-k5-n10" in err
@@ -514,7 +515,7 @@ def test_init_from_starts_a_longer_trial_run_from_a_shorter_ones_weights(tmp_pat
 def test_init_from_a_shipped_agent_starts_from_its_weights(tmp_path):
     from mlcourse.experiments import load_learner, run_training
 
-    policy, _, _ = rl2.load_pretrained("rl2-mdp-n10")
+    policy = pretrained.load("rl2-mdp-n10").network()
     longer = {"num_episodes": 25, "trials_per_step": 4, "minibatches": 2, "steps": 1}
     run_training(
         "rl2-mdp",
@@ -530,9 +531,9 @@ def test_init_from_a_shipped_agent_starts_from_its_weights(tmp_path):
     assert torch.equal(params(start), shipped)
     record = json.loads((tmp_path / "ft" / "config.json").read_text())["init_from"]
     assert record["shipped"] == "rl2-mdp-n10" and record["step"] > 0
-    with pytest.raises(ValueError, match="shipped 'rl2-mdp' policy"):
+    with pytest.raises(ValueError, match="shipped 'rl2-mdp' agent"):
         run_training("rl2-bandit", tmp_path / "b", init_from="rl2-mdp-n10")
-    with pytest.raises(FileNotFoundError, match="ships no policy of that name"):
+    with pytest.raises(FileNotFoundError, match="ships no agent of that name"):
         run_training("rl2-mdp", tmp_path / "c", init_from="rl2-mdp-n99")
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
@@ -542,7 +543,7 @@ def test_init_from_a_shipped_agent_into_a_privileged_critic_run(tmp_path):
     critic, which the shipped policy lacks, starts afresh, and exports and loads back."""
     from mlcourse.experiments import load_learner, run_training
 
-    policy, _, _ = rl2.load_pretrained("rl2-mdp-n10")
+    policy = pretrained.load("rl2-mdp-n10").network()
     options = {"num_episodes": 25, "trials_per_step": 4, "minibatches": 2, "steps": 1}
     options.update(privileged_critic=True, expected_rewards=True)
     run_training(
@@ -561,13 +562,10 @@ def test_init_from_a_shipped_agent_into_a_privileged_critic_run(tmp_path):
     fresh, _ = load_learner("rl2-mdp", tmp_path / "zero", "cpu")
     for name in ("gru.weight_hh_l0", "policy_head.weight", "value_scale"):
         assert torch.equal(fresh.policy.state_dict()[name], policy.state_dict()[name]), name
-    rl2.export_pretrained(tmp_path / "ft", tmp_path / "agent.pt")
+    pretrained.export(tmp_path / "ft", tmp_path / "agent.pt", note="test")
     saved = torch.load(tmp_path / "agent.pt", weights_only=True)
     config = rl2.RL2Config(**saved["config"])
-    loaded = rl2.RL2Policy(
-        config.obs_size, config.action_size, config.hidden_size, config.task_size
-    )
-    loaded.load_state_dict(saved["policy"])
+    loaded = rl2.RL2Learner.network(config, saved["weights"])
     score = rl2.evaluate(loaded, config, num_trials=8)
     assert score == rl2.evaluate(start.policy, start.config, num_trials=8)
 
@@ -586,7 +584,7 @@ def test_init_from_refuses_what_cannot_fit(tmp_path):
         run_training("rl2-bandit", tmp_path / "b", overrides={"hidden_size": 8}, init_from=src)
     with pytest.raises(ValueError, match="cannot be combined with --resume"):
         run_training("rl2-mdp", src, overrides=small, resume=True, init_from=src)
-    with pytest.raises(ValueError, match="cannot start from another run's weights"):
+    with pytest.raises(ValueError, match="can only start from a 'maml-sine' run"):
         run_training("maml-sine", tmp_path / "c", init_from=src)
     with pytest.raises(FileNotFoundError):
         run_training("rl2-mdp", tmp_path / "d", overrides=small, init_from=tmp_path / "none")
@@ -623,41 +621,19 @@ def test_bandit_duel_widget_plays_a_trial_against_the_agent():
     assert box.game["seed"] == 6 and box.game["pulls"] == []
 
 
-def test_export_and_the_shipped_agents(tmp_path):
-    from mlcourse.experiments import run_training
+def test_export_writes_the_policy_of_a_run(tmp_path):
+    from mlcourse.experiments import load_learner, run_training
 
     small = dataclasses.asdict(small_config(steps=2))
     small.pop("task")
     run_training("rl2-bandit", tmp_path / "run", overrides=small, progress=False)
-    info = rl2.export_pretrained(tmp_path / "run", tmp_path / "agent.pt", note="test")
+    info = pretrained.export(tmp_path / "run", tmp_path / "agent.pt", note="test")
     saved = torch.load(tmp_path / "agent.pt", weights_only=True)
-    assert info["steps"] == 2 and saved["config"]["num_arms"] == 3 and "policy" in saved
-    assert "rl2-bandit-k5-n10" in rl2.available_pretrained()
-    for name in rl2.available_pretrained():
-        policy, config, meta = rl2.load_pretrained(name)
-        assert policy.num_actions == config.action_size and meta["steps"] > 0
-    with pytest.raises(KeyError, match="ships"):
-        rl2.load_pretrained("no-such-agent")
-
-
-# The agents shipped for the Table 1-2 rows of the reproduction report (docs/reproductions.md):
-# the trials the report's figure averages, that figure and the course's target.
-TABLE_AGENTS = {
-    "rl2-bandit-k5-n10": (20000, 6.610, 6.6),
-    "rl2-mdp-n10": (2000, 151.40, 150.0),
-}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(TABLE_AGENTS))
-def test_shipped_table_agents_reproduce_their_report_figures(name):
-    """Each shipped table agent still scores its figure in the reproduction report."""
-    trials, figure, target = TABLE_AGENTS[name]
-    policy, config, _ = rl2.load_pretrained(name)
-    result = rl2.evaluate(policy, config, num_trials=trials)  # the held-out tasks of the table
-    tolerance = 0.1 if config.task == "mdp" else 0.01  # other CPUs may round differently
-    assert result["mean"] == pytest.approx(figure, abs=tolerance)
-    assert result["mean"] >= target
+    assert info["steps"] == 2 and saved["config"]["num_arms"] == 3
+    assert set(saved["weights"]) == {"policy"}  # no optimizer, environments or generators
+    run, _ = load_learner("rl2-bandit", tmp_path / "run", "cpu")
+    for key, value in run.policy.state_dict().items():
+        assert torch.equal(saved["weights"]["policy"][key], value), key
 
 
 def test_a_policy_saved_before_value_normalisation_loads_with_scale_one():

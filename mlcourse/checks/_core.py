@@ -19,12 +19,15 @@ import sys
 import sysconfig
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from mlcourse.check_protocol import CHECK_MIME  # how a displayed result reaches the grader
+from mlcourse.maml import adapt_reference
 
 RESULTS_ENV = "MLCOURSE_RESULTS"  # tests may point this at a JSON-lines file of results
 NBGRADER_ENV = "NBGRADER_EXECUTION"  # set by nbgrader to "autograde" or "validate"
@@ -126,6 +129,12 @@ def check(lesson: str, points: float = 1.0, forbid: tuple[str, ...] = ()) -> Cal
 
     def decorate(body: Callable[..., str]) -> Callable[..., CheckResult]:
         name = body.__name__
+        other = REGISTRY.get(name)
+        if other is not None and other["lesson"] != lesson:
+            raise ValueError(
+                f"two checks are named {name!r} (lessons {other['lesson']} and {lesson}): a "
+                "notebook calls a check by name, so rename one of them"
+            )
         REGISTRY[name] = {"lesson": lesson, "points": points, "forbid": tuple(forbid)}
 
         @functools.wraps(body)
@@ -409,3 +418,131 @@ def step_scale(new, old, direction, *, atol: float = 1e-9) -> float | None:
     if all(torch.allclose(delta, c * d, atol=atol, rtol=1e-7) for delta, d in pairs):
         return c
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# What the MAML checks of lessons 02 and 04 share: comparisons at float64 tolerances, the
+# meta-gradient's order, and the usual wrong inner steps.
+
+ATOL, RTOL = 1e-8, 1e-6
+
+
+def snapshot(model: nn.Module) -> dict[str, Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def expect_model_unchanged(model: nn.Module, before: Mapping[str, Tensor], who: str) -> None:
+    for name, p in model.named_parameters():
+        if not torch.equal(p.detach(), before[name]):
+            raise Fail(
+                f"in-place update changed the model's parameters ('{name}' moved while {who} ran)",
+                "build new tensors (`p - inner_lr * g`) in a new dict instead of `p -= ...`, "
+                "`p.data` or `.copy_()`: the model must keep θ for the next task",
+            )
+
+
+def same_tensor(actual, expected: Tensor) -> bool:
+    return (
+        isinstance(actual, Tensor)
+        and actual.shape == expected.shape
+        and actual.dtype == expected.dtype
+        and torch.allclose(actual.detach(), expected.detach(), atol=ATOL, rtol=RTOL)
+    )
+
+
+def same_dict(actual, expected: Mapping[str, Tensor]) -> bool:
+    return (
+        isinstance(actual, Mapping)
+        and set(actual) == set(expected)
+        and all(same_tensor(actual[n], expected[n]) for n in expected)
+    )
+
+
+def first_match(actual, candidates: dict[str, object], same: Callable) -> str | None:
+    for name, value in candidates.items():
+        if value is not None and same(actual, value):
+            return name
+    return None
+
+
+def grads_of(loss, params: Mapping[str, Tensor]) -> dict[str, Tensor | None]:
+    if not isinstance(loss, Tensor) or not loss.requires_grad:
+        return dict.fromkeys(params)
+    values = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return dict(zip(params, values, strict=True))
+
+
+DETACHED_HINT = (
+    "the adapted parameters do not depend on θ: did you detach the gradient (or use "
+    "`torch.no_grad()`, `.data`, `.detach()`)? Compute the step as `p - inner_lr * g` with "
+    "`g` from `torch.autograd.grad(loss, ..., create_graph=True)`"
+)
+FIRST_ORDER_HINT = (
+    "first-order answer where second order is asked: pass `create_graph=True` to "
+    "`torch.autograd.grad` so the meta-gradient goes through the inner gradient too"
+)
+
+
+def expect_second_order(grads: dict, params: Mapping[str, Tensor], second, first, what: str):
+    """Compares a meta-gradient with the second-order reference, naming first-order answers."""
+    if all(g is None for g in grads.values()):
+        raise Fail(
+            f"{what} does not depend on θ (no gradient reaches the parameters)", DETACHED_HINT
+        )
+    missing = [n for n, g in grads.items() if g is None]
+    if missing:
+        raise Fail(f"{what} does not depend on θ through {missing}", DETACHED_HINT)
+    if same_dict(grads, first) and not same_dict(grads, second):
+        raise Fail(f"the meta-gradient of {what} is the first-order one", FIRST_ORDER_HINT)
+    for name in params:
+        expect_tensor(grads[name], second[name], f"meta-gradient ['{name}']", atol=ATOL, rtol=RTOL)
+
+
+def shifted(params: Mapping[str, Tensor], seed: int, scale: float = 0.2) -> dict[str, Tensor]:
+    """``params`` moved by a seeded random amount: a differentiable function of ``params`` that
+    is not the model's own parameters (what an inner step receives from the step before)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        n: p + scale * torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in params.items()
+    }
+
+
+def own_gradient(model: nn.Module, x: Tensor, y: Tensor, loss_fn=F.mse_loss) -> dict[str, Tensor]:
+    """The gradient at the model's own parameters (what ``model(x)`` differentiates)."""
+    own = dict(model.named_parameters())
+    grads = torch.autograd.grad(loss_fn(model(x), y), list(own.values()), create_graph=True)
+    return dict(zip(own, grads, strict=True))
+
+
+def step_variants(model, theta, params, x, y, inner_lr, loss_fn=F.mse_loss) -> dict[str, object]:
+    """The adapted parameters of the usual wrong inner steps, keyed by what is wrong."""
+    wrong = {
+        "the parameters did not move: no step was taken": dict(params),
+        "wrong sign: the step goes up the gradient": adapt_reference(
+            model, params, x, y, loss_fn=loss_fn, inner_lr=-inner_lr
+        ),
+    }
+    if any(params[n] is not theta[n] for n in params):
+        own = own_gradient(model, x, y, loss_fn)
+        step = adapt_reference(model, params, x, y, loss_fn=loss_fn, inner_lr=inner_lr)
+        wrong["the gradient is taken at the model's own parameters (`model(x)` or "
+              "`model.parameters()`), not at the `params` you were given"] = {
+            n: params[n] - inner_lr * own[n] for n in params
+        }  # fmt: skip
+        wrong["the step starts from the model's own parameters, not from `params`"] = {
+            n: theta[n] + (step[n] - params[n]) for n in params
+        }
+    return wrong
+
+
+def step_size_fail(out, params, ref, inner_lr, what: str) -> None:
+    """Names a step in the right direction whose size is not ``inner_lr``."""
+    direction = {n: ref[n] - params[n] for n in params}
+    scale = step_scale(out, params, direction, atol=ATOL)
+    if scale is not None and abs(scale - 1) > 1e-6 and abs(scale) > 1e-6:
+        raise Fail(
+            f"{what} is a step of size {scale * inner_lr:.4g} in the right direction, but "
+            f"inner_lr = {inner_lr:g}",
+            "use the inner_lr argument itself (no hard-coded step size), and the mean, not "
+            "the sum, of the losses",
+        )

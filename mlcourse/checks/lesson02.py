@@ -17,7 +17,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from mlcourse.checks._core import Fail, check, expect_tensor, step_scale
+from mlcourse.checks._core import (
+    ATOL,
+    DETACHED_HINT,
+    RTOL,
+    Fail,
+    check,
+    expect_model_unchanged,
+    expect_second_order,
+    expect_tensor,
+    first_match,
+    grads_of,
+    same_dict,
+    same_tensor,
+    shifted,
+    snapshot,
+    step_size_fail,
+    step_variants,
+)
 from mlcourse.maml import adapt_reference, meta_loss_loop, params_of
 from mlcourse.models import MLP
 from mlcourse.tasks import Sinusoid, TaskBatch
@@ -26,7 +43,6 @@ __all__ = ["fixed_maml_step", "fixed_meta_test", "inner_update", "maml_meta_loss
 
 LESSON = "02_maml"
 DTYPE = torch.float64
-ATOL, RTOL = 1e-8, 1e-6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,44 +77,6 @@ def _tasks(seed: int, num_tasks: int = 4, k_support: int = 5, k_query: int = 7) 
     return Sinusoid().sample(num_tasks, k_support, k_query, generator=gen, dtype=DTYPE)
 
 
-def _snapshot(model: nn.Module) -> dict[str, Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-def _expect_model_unchanged(model: nn.Module, before: Mapping[str, Tensor], who: str) -> None:
-    for name, p in model.named_parameters():
-        if not torch.equal(p.detach(), before[name]):
-            raise Fail(
-                f"in-place update changed the model's parameters ('{name}' moved while {who} ran)",
-                "build new tensors (`p - inner_lr * g`) in a new dict instead of `p -= ...`, "
-                "`p.data` or `.copy_()`: the model must keep θ for the next task",
-            )
-
-
-def _same(actual, expected: Tensor) -> bool:
-    return (
-        isinstance(actual, Tensor)
-        and actual.shape == expected.shape
-        and actual.dtype == expected.dtype
-        and torch.allclose(actual.detach(), expected.detach(), atol=ATOL, rtol=RTOL)
-    )
-
-
-def _same_dict(actual, expected: Mapping[str, Tensor]) -> bool:
-    return (
-        isinstance(actual, Mapping)
-        and set(actual) == set(expected)
-        and all(_same(actual[n], expected[n]) for n in expected)
-    )
-
-
-def _first_match(actual, candidates: dict[str, object], same: Callable) -> str | None:
-    for name, value in candidates.items():
-        if value is not None and same(actual, value):
-            return name
-    return None
-
-
 def _mse(prediction: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(prediction, target)
 
@@ -128,91 +106,8 @@ def _query_loss(model, params, x, y) -> Tensor:
     return _mse(functional_call(model, dict(params), (x,)), y)
 
 
-def _grads(loss, params: Mapping[str, Tensor]) -> dict[str, Tensor | None]:
-    if not isinstance(loss, Tensor) or not loss.requires_grad:
-        return dict.fromkeys(params)
-    values = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-    return dict(zip(params, values, strict=True))
-
-
-DETACHED_HINT = (
-    "the adapted parameters do not depend on θ: did you detach the gradient (or use "
-    "`torch.no_grad()`, `.data`, `.detach()`)? Compute the step as `p - inner_lr * g` with "
-    "`g` from `torch.autograd.grad(loss, ..., create_graph=True)`"
-)
-FIRST_ORDER_HINT = (
-    "first-order answer where second order is asked: pass `create_graph=True` to "
-    "`torch.autograd.grad` so the meta-gradient goes through the inner gradient too"
-)
-
-
-def _expect_second_order(grads: dict, params: Mapping[str, Tensor], second, first, what: str):
-    """Compares a meta-gradient with the second-order reference, naming first-order answers."""
-    if all(g is None for g in grads.values()):
-        raise Fail(
-            f"{what} does not depend on θ (no gradient reaches the parameters)", DETACHED_HINT
-        )
-    missing = [n for n, g in grads.items() if g is None]
-    if missing:
-        raise Fail(f"{what} does not depend on θ through {missing}", DETACHED_HINT)
-    if _same_dict(grads, first) and not _same_dict(grads, second):
-        raise Fail(f"the meta-gradient of {what} is the first-order one", FIRST_ORDER_HINT)
-    for name in params:
-        expect_tensor(grads[name], second[name], f"meta-gradient ['{name}']", atol=ATOL, rtol=RTOL)
-
-
 # ---------------------------------------------------------------------------------------------
 # (a) inner_update
-
-
-def _shifted(params: Mapping[str, Tensor], seed: int, scale: float = 0.2) -> dict[str, Tensor]:
-    """``params`` moved by a seeded random amount: a differentiable function of ``params`` that
-    is not the model's own parameters (what an inner step receives from the step before)."""
-    gen = torch.Generator().manual_seed(seed)
-    return {
-        n: p + scale * torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in params.items()
-    }
-
-
-def _own_gradient(model: nn.Module, x: Tensor, y: Tensor, loss_fn=_mse) -> dict[str, Tensor]:
-    """The gradient at the model's own parameters (what ``model(x)`` differentiates)."""
-    own = dict(model.named_parameters())
-    grads = torch.autograd.grad(loss_fn(model(x), y), list(own.values()), create_graph=True)
-    return dict(zip(own, grads, strict=True))
-
-
-def _step_variants(model, theta, params, x, y, inner_lr, loss_fn=_mse) -> dict[str, object]:
-    """The adapted parameters of the usual wrong inner steps, keyed by what is wrong."""
-    wrong = {
-        "the parameters did not move: no step was taken": dict(params),
-        "wrong sign: the step goes up the gradient": _adapt(
-            model, params, x, y, -inner_lr, loss_fn=loss_fn
-        ),
-    }
-    if any(params[n] is not theta[n] for n in params):
-        own = _own_gradient(model, x, y, loss_fn)
-        step = _adapt(model, params, x, y, inner_lr, loss_fn=loss_fn)
-        wrong["the gradient is taken at the model's own parameters (`model(x)` or "
-              "`model.parameters()`), not at the `params` you were given"] = {
-            n: params[n] - inner_lr * own[n] for n in params
-        }  # fmt: skip
-        wrong["the step starts from the model's own parameters, not from `params`"] = {
-            n: theta[n] + (step[n] - params[n]) for n in params
-        }
-    return wrong
-
-
-def _step_size_fail(out, params, ref, inner_lr, what: str) -> None:
-    """Names a step in the right direction whose size is not ``inner_lr``."""
-    direction = {n: ref[n] - params[n] for n in params}
-    scale = step_scale(out, params, direction, atol=ATOL)
-    if scale is not None and abs(scale - 1) > 1e-6 and abs(scale) > 1e-6:
-        raise Fail(
-            f"{what} is a step of size {scale * inner_lr:.4g} in the right direction, but "
-            f"inner_lr = {inner_lr:g}",
-            "use the inner_lr argument itself (no hard-coded step size), and the mean, not "
-            "the sum, of the losses",
-        )
 
 
 @check(
@@ -235,7 +130,7 @@ def inner_update(fn: Callable) -> str:
     second = _tasks(seed=12, num_tasks=1, k_support=9, k_query=4)
     for params, tasks, inner_lr in (
         (theta, first, 0.05),
-        (_shifted(theta, seed=13), second, 0.02),
+        (shifted(theta, seed=13), second, 0.02),
     ):
         xs, ys = tasks.x_support[0], tasks.y_support[0]
         xq, yq = tasks.x_query[0], tasks.y_query[0]
@@ -250,9 +145,9 @@ def inner_update(fn: Callable) -> str:
 def _inner_case(fn, model, theta, params, data, inner_lr: float) -> None:
     xs, ys, xq, yq = data
     given = dict(params)
-    before = _snapshot(model)
+    before = snapshot(model)
     out = fn(model, params, xs, ys, inner_lr)
-    _expect_model_unchanged(model, before, "inner_update")
+    expect_model_unchanged(model, before, "inner_update")
     if any(params[n] is not given[n] for n in given) or set(params) != set(given):
         raise Fail(
             "inner_update changed the `params` dict it was given",
@@ -270,7 +165,7 @@ def _inner_case(fn, model, theta, params, data, inner_lr: float) -> None:
         )
     ref = _adapt(model, params, xs, ys, inner_lr)
     wrong = {
-        **_step_variants(model, theta, params, xs, ys, inner_lr),
+        **step_variants(model, theta, params, xs, ys, inner_lr),
         "the inner 'loss' is the model's output summed, not a loss against y_support": _adapt(
             model, params, xs, ys, inner_lr, loss_fn=_output_sum
         ),
@@ -278,39 +173,39 @@ def _inner_case(fn, model, theta, params, data, inner_lr: float) -> None:
             model, params, xs, ys, inner_lr, loss_fn=_sum_squares
         ),
     }
-    mistake = _first_match(out, wrong, _same_dict)
+    mistake = first_match(out, wrong, same_dict)
     hint = (
         "θ' = θ - inner_lr * ∇_θ F.mse_loss(functional_call(model, params, (x_support,)), "
         "y_support), with θ = params"
     )
     if mistake:
         raise Fail(mistake, hint)
-    _step_size_fail(out, params, ref, inner_lr, "your update")
+    step_size_fail(out, params, ref, inner_lr, "your update")
     for name in params:
         try:
             expect_tensor(out[name], ref[name], f"adapted ['{name}']", atol=ATOL, rtol=RTOL)
         except Fail as fail:
             fail.hint = fail.hint or hint
             raise
-    second = _grads(_query_loss(model, ref, xq, yq), theta)
-    first = _grads(
+    second = grads_of(_query_loss(model, ref, xq, yq), theta)
+    first = grads_of(
         _query_loss(model, _adapt(model, params, xs, ys, inner_lr, first_order=True), xq, yq),
         theta,
     )
-    mine = _grads(_query_loss(model, out, xq, yq), theta)
+    mine = grads_of(_query_loss(model, out, xq, yq), theta)
     again = _adapt(model, params, xs, ys, inner_lr)  # ref's graph was used up just above
     detached_start = {n: v - params[n] + params[n].detach() for n, v in again.items()}
     if (
         all(g is not None for g in mine.values())
-        and _same_dict(mine, _grads(_query_loss(model, detached_start, xq, yq), theta))
-        and not _same_dict(mine, second)
+        and same_dict(mine, grads_of(_query_loss(model, detached_start, xq, yq), theta))
+        and not same_dict(mine, second)
     ):
         raise Fail(
             "the step starts from detached parameters (`p.detach()` or `p.data`): the "
             "meta-gradient misses the direct path from θ to θ'",
             "θ' = p - inner_lr * g with p the tensor in `params` itself, not a detached copy",
         )
-    _expect_second_order(mine, theta, second, first, "the query loss after your step")
+    expect_second_order(mine, theta, second, first, "the query loss after your step")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,8 +291,8 @@ def maml_meta_loss(fn: Callable) -> str:
     model, tasks, inner_lr, steps = _mlp(seed=3), _tasks(seed=4), 0.03, 3
     # θ handed over as fresh leaves that are not the model's own parameters, as the outer loop
     # may do: the loss must adapt from `params`, whatever the model holds.
-    params = {n: p.detach().requires_grad_() for n, p in _shifted(params_of(model), 14).items()}
-    before = _snapshot(model)
+    params = {n: p.detach().requires_grad_() for n, p in shifted(params_of(model), 14).items()}
+    before = snapshot(model)
     support_calls = [0]  # forward passes on one task's support set: one per inner step
 
     def count(_module, inputs):
@@ -409,7 +304,7 @@ def maml_meta_loss(fn: Callable) -> str:
         out = fn(model, params, tasks, inner_lr, steps)
     finally:
         hook.remove()
-    _expect_model_unchanged(model, before, "maml_meta_loss")
+    expect_model_unchanged(model, before, "maml_meta_loss")
     if not isinstance(out, Tensor):
         raise Fail(
             f"maml_meta_loss should return a tensor, got {type(out).__name__}",
@@ -419,8 +314,8 @@ def maml_meta_loss(fn: Callable) -> str:
         model, params, tasks, loss_fn=_mse, inner_lr=inner_lr, num_inner_steps=steps
     )
     if out.shape == ref.shape:
-        mistake = _first_match(
-            out, _meta_loss_variants(model, params, tasks, inner_lr, steps), _same
+        mistake = first_match(
+            out, _meta_loss_variants(model, params, tasks, inner_lr, steps), same_tensor
         )
         if mistake and mistake.startswith("num_inner_steps is ignored"):
             if support_calls[0] >= steps * tasks.num_tasks:  # steps were taken, all from θ
@@ -446,8 +341,12 @@ def maml_meta_loss(fn: Callable) -> str:
         num_inner_steps=steps,
         first_order=True,
     )
-    _expect_second_order(
-        _grads(out, params), params, _grads(ref, params), _grads(first, params), "your meta-loss"
+    expect_second_order(
+        grads_of(out, params),
+        params,
+        grads_of(ref, params),
+        grads_of(first, params),
+        "your meta-loss",
     )
     return (
         f"the meta-loss and its second-order gradient match mlcourse.maml on {tasks.num_tasks} "
@@ -464,7 +363,7 @@ class _ProbeOptimizer:
 
     def __init__(self, model: nn.Module, lr: float):
         self.model, self.lr = model, lr
-        self.start = _snapshot(model)
+        self.start = snapshot(model)
         self.steps = 0
         self.moved_before_step: str | None = None
         self.grads: dict[str, Tensor | None] = {}
@@ -509,7 +408,7 @@ def _outer_grad_variants(model, params, tasks: TaskBatch, inner_lr: float) -> di
                 adapted = {k: v - params[k] + params[k].detach() for k, v in adapted.items()}
             losses.append(outer(functional_call(model, adapted, (xe,)), ye))
         total = torch.stack(losses)
-        return _grads(total.mean() if reduce == "mean" else total.sum(), params)
+        return grads_of(total.mean() if reduce == "mean" else total.sum(), params)
 
     return {
         "the inner 'loss' is the model's output summed (`model(x).sum()`): use "
@@ -619,7 +518,7 @@ def fixed_maml_step(fn: Callable) -> str:
         tasks = _tasks(seed=7)
         params = params_of(model)
         ref_loss = meta_loss_loop(model, params, tasks, loss_fn=_mse, inner_lr=inner_lr)
-        ref = _grads(ref_loss, params)
+        ref = grads_of(ref_loss, params)
         variants = _outer_grad_variants(model, params, tasks, inner_lr)
         stale = _leave_stale_gradients(model, seed=len(label))
         try:
@@ -641,16 +540,16 @@ def fixed_maml_step(fn: Callable) -> str:
                 f"no gradient reached {[n for n, g in grads.items() if g is None]}",
                 "every parameter should get a meta-gradient: adapt all of them",
             )
-        if _same_dict({n: g - stale[n] for n, g in grads.items()}, ref):
+        if same_dict({n: g - stale[n] for n, g in grads.items()}, ref):
             raise Fail(
                 "the meta-gradient still holds the gradients left in `.grad` before this "
                 "meta-update (from the previous one): they were never cleared",
                 "call meta_optimizer.zero_grad() before the backward pass",
             )
-        mistake = _first_match(grads, variants, _same_dict)
+        mistake = first_match(grads, variants, same_dict)
         if mistake:
             raise Fail(mistake, STEP_HINT)
-        if label and not _same_dict(grads, ref):
+        if label and not same_dict(grads, ref):
             raise Fail("right on a plain network, wrong on a network with buffers", ZIP_HINT)
         for name in params:
             try:
@@ -709,7 +608,7 @@ def fixed_meta_test(fn: Callable) -> str:
     xs, ys, xq = tasks.x_support[0], tasks.y_support[0], tasks.x_query[0]
     params = params_of(model)
     stale = _leave_stale_gradients(model, seed=8)  # what meta-training leaves behind
-    before = _snapshot(model)
+    before = snapshot(model)
     out = fn(model, xs, ys, xq, inner_lr, steps)
     if any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters()):
         raise Fail(
@@ -739,7 +638,7 @@ def fixed_meta_test(fn: Callable) -> str:
     }
     if isinstance(out, Tensor):
         out = out.detach()
-    mistake = _first_match(out, wrong, _same)
+    mistake = first_match(out, wrong, same_tensor)
     if mistake:
         raise Fail(mistake, "adapt on (x_support, y_support) first, then predict x_query")
     try:

@@ -27,17 +27,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from mlcourse.checks._core import Fail, check, expect_tensor
-from mlcourse.checks.lesson02 import (
-    _expect_model_unchanged,
-    _expect_second_order,
-    _first_match,
-    _grads,
-    _same_dict,
-    _shifted,
-    _snapshot,
-    _step_size_fail,
-    _step_variants,
+from mlcourse.checks._core import (
+    Fail,
+    check,
+    expect_model_unchanged,
+    expect_second_order,
+    expect_tensor,
+    first_match,
+    grads_of,
+    same_dict,
+    shifted,
+    snapshot,
+    step_size_fail,
+    step_variants,
 )
 from mlcourse.fewshot import embed_tasks, prototypes
 from mlcourse.fewshot import protonet_logits as protonet_logits_reference
@@ -637,7 +639,7 @@ def _maml_conv_step(fn: Callable) -> str:
     theta = params_of(model)
     cases = (  # θ itself, then parameters computed from θ with another step size and episode
         (theta, 1, 2, 0.4),
-        (_shifted(theta, seed=15, scale=0.05), 2, 1, 0.15),
+        (shifted(theta, seed=15, scale=0.05), 2, 1, 0.15),
     )
     for params, seed, k_shot, inner_lr in cases:
         _conv_step_case(fn, model, theta, params, _episode(seed, k_shot=k_shot), inner_lr)
@@ -651,9 +653,9 @@ def _maml_conv_step(fn: Callable) -> str:
 def _conv_step_case(fn, model, theta, params, episode, inner_lr: float) -> None:
     xs, ys, xq, yq = episode
     given = dict(params)
-    before = _snapshot(model)
+    before = snapshot(model)
     out = fn(model, params, xs, ys, inner_lr)
-    _expect_model_unchanged(model, before, "maml_conv_step")
+    expect_model_unchanged(model, before, "maml_conv_step")
     if set(params) != set(given) or any(params[n] is not given[n] for n in given):
         raise Fail(
             "maml_conv_step changed the `params` dict it was given",
@@ -672,7 +674,7 @@ def _conv_step_case(fn, model, theta, params, episode, inner_lr: float) -> None:
         )
     ref = _step(model, params, xs, ys, inner_lr)
     wrong = {
-        **_step_variants(model, theta, params, xs, ys, inner_lr, loss_fn=F.cross_entropy),
+        **step_variants(model, theta, params, xs, ys, inner_lr, loss_fn=F.cross_entropy),
         "the support loss is summed over the images, not averaged (F.cross_entropy's default "
         "is the mean)": _step(model, params, xs, ys, inner_lr, loss_fn=_ce_sum),
         "the loss is the MSE to one-hot labels, not the cross-entropy": _step(
@@ -687,23 +689,23 @@ def _conv_step_case(fn, model, theta, params, episode, inner_lr: float) -> None:
         "θ' = θ − inner_lr · ∇_θ F.cross_entropy(functional_call(model, params, (x_support,)), "
         "y_support), with θ = params"
     )
-    mistake = _first_match(out, wrong, _same_dict)
+    mistake = first_match(out, wrong, same_dict)
     if mistake:
         raise Fail(mistake, hint)
-    _step_size_fail(out, params, ref, inner_lr, "your update")
+    step_size_fail(out, params, ref, inner_lr, "your update")
     for name in params:
         try:
             expect_tensor(out[name], ref[name], f"adapted ['{name}']", atol=1e-8, rtol=1e-6)
         except Fail as fail:
             fail.hint = fail.hint or hint
             raise
-    second = _grads(_query_ce(model, ref, xq, yq), theta)
-    first = _grads(
+    second = grads_of(_query_ce(model, ref, xq, yq), theta)
+    first = grads_of(
         _query_ce(model, _step(model, params, xs, ys, inner_lr, first_order=True), xq, yq),
         theta,
     )
-    mine = _grads(_query_ce(model, out, xq, yq), theta)
-    _expect_second_order(mine, theta, second, first, "the query loss after your step")
+    mine = grads_of(_query_ce(model, out, xq, yq), theta)
+    expect_second_order(mine, theta, second, first, "the query loss after your step")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -772,9 +774,9 @@ def _fixed_protonet_loss(fn: Callable) -> str:
         2, N_WAY, 2, 3, generator=torch.Generator().manual_seed(4), dtype=DTYPE
     )
     params = params_of(model)
-    before = _snapshot(model)
+    before = snapshot(model)
     got = fn(model, tasks, N_WAY)
-    _expect_model_unchanged(model, before, "fixed_protonet_loss")
+    expect_model_unchanged(model, before, "fixed_protonet_loss")
     if isinstance(got, (tuple, list)):
         raise Fail(
             f"fixed_protonet_loss should return the loss alone, got {_describe(got)}",
@@ -795,14 +797,14 @@ def _fixed_protonet_loss(fn: Callable) -> str:
             "the queries, F.cross_entropy against y_query averaged over every query"
         )
         raise
-    mine, ref = _grads(got, params), _grads(expected, params)
+    mine, ref = grads_of(got, params), grads_of(expected, params)
     if all(g is None for g in mine.values()):
         raise Fail(
             "the loss does not depend on the network's parameters",
             "do not detach the embeddings or compute them under torch.no_grad()",
         )
-    detached = _grads(_protonet_loss_variants(model, tasks, N_WAY)[_DETACHED_KEY], params)
-    if _same_dict(mine, detached) and not _same_dict(mine, ref):
+    detached = grads_of(_protonet_loss_variants(model, tasks, N_WAY)[_DETACHED_KEY], params)
+    if same_dict(mine, detached) and not same_dict(mine, ref):
         raise Fail(*_DETACHED_KEY)
     for name in params:
         expect_tensor(mine[name], ref[name], f"the gradient ['{name}']", atol=1e-8, rtol=1e-6)

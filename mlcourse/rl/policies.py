@@ -13,6 +13,19 @@ import math
 import torch
 from torch import Tensor, nn
 
+from mlcourse.models import MLP
+
+
+def gaussian_log_prob(mean: Tensor, log_std: Tensor, actions: Tensor) -> Tensor:
+    """log N(actions; mean, exp(log_std)²), summed over the last dimension.
+
+    Example:
+        >>> gaussian_log_prob(torch.zeros(2), torch.zeros(2), torch.zeros(2)).item()  # -log 2π
+        -1.8378770351409912
+    """
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
 
 class GaussianMLPPolicy(nn.Module):
     """π(a | s) = Normal(MLP(s), exp(log_std)²), independently per action dimension.
@@ -38,13 +51,7 @@ class GaussianMLPPolicy(nn.Module):
         init_std: float = 1.0,
     ):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = obs_size
-        for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        layers.append(nn.Linear(width, action_size))
-        self.mean = nn.Sequential(*layers)
+        self.mean = MLP(obs_size, action_size, hidden_sizes)
         self.log_std = nn.Parameter(torch.full((action_size,), math.log(init_std)))
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -53,9 +60,7 @@ class GaussianMLPPolicy(nn.Module):
 
     def log_prob(self, obs: Tensor, actions: Tensor) -> Tensor:
         """log π(actions | obs), summed over action dimensions: ``(...,)``."""
-        mean, log_std = self(obs)
-        z = (actions - mean) * torch.exp(-log_std)
-        return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return gaussian_log_prob(*self(obs), actions)
 
     def sample(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One action per observation, drawn with ``generator``."""
