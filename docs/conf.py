@@ -94,7 +94,7 @@ nitpick_ignore = [
     ("py:func", "main"),  # mlcourse.timings (module docstring)
     ("py:meth", "reset"),  # the environments' class docstrings; their reset has no docstring
     ("py:data", "ENVS"),  # mlcourse.metagenrl.Agent
-    ("py:data", "EVAL_SEED"),  # mlcourse.relation.compare
+    ("py:data", "EVAL_SEED"),  # mlcourse.unified.compare
     ("py:attr", "value"),  # mlcourse.rl.bandits.BayesOptimal
     ("py:data", "BanditPolicy"),  # mlcourse.rl.bandits.bandit_returns
     ("py:mod", "mlcourse.tasks.episodes"),  # mlcourse.tasks.characters.ProceduralCharacters.sample

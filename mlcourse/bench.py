@@ -319,7 +319,8 @@ def rl2_bf16(
         A dict with ``bf16_it_per_s``, ``float32_it_per_s`` and ``speedup`` (their ratio, the
         median over rounds).
     """
-    from mlcourse.rl2 import RL2Config, RL2Learner
+    from mlcourse.experiments.rl2 import RL2Learner
+    from mlcourse.rl2 import RL2Config
 
     device = torch.device(device) if device is not None else default_device()
     sizes = {"num_pulls": 100} if task == "bandit" else {}

@@ -1,14 +1,14 @@
 """The training loop every experiment shares: progress bar, checkpoints, resume, NaN guard.
 
-An experiment provides a *learner* (:class:`mlcourse.learner.Learner`): ``step(step_index) ->
-loss tensor``, ``metrics()`` (figures added to each log line, e.g. RL²'s mean trial return),
-``state_dict()`` / ``load_state_dict(state)``, ``parameters()`` and ``load_weights`` (to start
-from another run's weights, ``init_from``). :func:`train` runs it for ``config.steps`` steps or
-until a time budget runs out, saving a checkpoint after the first step, every
-``checkpoint_every`` seconds and when interrupted, so a stopped run (a Colab disconnect, Ctrl-C,
-``kill -9``) loses at most that much and continues with ``resume=True`` exactly where it
-stopped. Checkpoints are loaded with ``weights_only=True``:
-tensors and plain values, never pickled code.
+An experiment provides a *learner* (:class:`mlcourse.experiments.learner.Learner`):
+``step(step_index) -> loss tensor``, ``metrics()`` (figures added to each log line, e.g. RL²'s
+mean trial return), ``state_dict()`` / ``load_state_dict(state)``, ``parameters()`` and
+``load_weights`` (to start from another run's weights, ``init_from``). :func:`train` runs it
+for ``config.steps`` steps or until a time budget runs out, saving a checkpoint after the first
+step, every ``checkpoint_every`` seconds and when interrupted, so a stopped run (a Colab
+disconnect, Ctrl-C, ``kill -9``) loses at most that much and continues with ``resume=True``
+exactly where it stopped. Checkpoints are loaded with ``weights_only=True``: tensors and plain
+values, never pickled code.
 """
 
 from __future__ import annotations

@@ -377,8 +377,8 @@ def test_an_answer_that_calls_the_packages_own_implementation_fails(registry):
     import functools
 
     from mlcourse import options
+    from mlcourse.experiments.sine import SineConfig
     from mlcourse.options import parse_widths
-    from mlcourse.sine import SineConfig
 
     @check("99_test", forbid=("mlcourse.options.parse_widths",))
     def widths(fn):

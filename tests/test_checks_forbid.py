@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from mlcourse import checks as check
-from mlcourse import fewshot, maml, relation, rl2
+from mlcourse import fewshot, maml, rl2, unified
 from mlcourse.checks import lesson00, lesson03, lesson05
 from mlcourse.metagenrl import soft_update
 from mlcourse.rl import dice
@@ -105,11 +105,11 @@ ANSWERS = {  # check -> (an answer that calls the package, the function it calls
     ),
     "magic_box": (dice.magic_box, "mlcourse.rl.dice.magic_box"),
     "soft_update": (soft_update, "mlcourse.metagenrl.soft_update"),
-    "outer_step": (relation.outer_step, "mlcourse.relation.outer_step"),
-    "bandit_inner_step": (relation.bandit_inner_step, "mlcourse.relation.bandit_inner_step"),
+    "outer_step": (unified.outer_step, "mlcourse.unified.outer_step"),
+    "bandit_inner_step": (unified.bandit_inner_step, "mlcourse.unified.bandit_inner_step"),
     "blackbox_predict": (
         lambda model, x_support, y_support, x_query: model(x_support, y_support, x_query),
-        "mlcourse.relation.BlackBoxRegressor.forward",
+        "mlcourse.unified.BlackBoxRegressor.forward",
     ),
 }
 

@@ -89,29 +89,29 @@ def test_meta_gradient_on_cuda_equals_the_cpu_one():
 
 
 def _relation_pairs():
-    from mlcourse import relation
+    from mlcourse import unified
 
     return {
-        "maml-sine": (relation.MAMLSine(), relation.SineFamily()),
-        "blackbox-sine": (relation.BlackBoxSine(hidden_size=8), relation.SineFamily()),
-        "maml-bandit": (relation.MAMLBandit(), relation.BanditFamily(num_arms=5, num_pulls=10)),
+        "maml-sine": (unified.MAMLSine(), unified.SineFamily()),
+        "blackbox-sine": (unified.BlackBoxSine(hidden_size=8), unified.SineFamily()),
+        "maml-bandit": (unified.MAMLBandit(), unified.BanditFamily(num_arms=5, num_pulls=10)),
         "blackbox-bandit": (
-            relation.BlackBoxBandit(hidden_size=8),
-            relation.BanditFamily(num_arms=5, num_pulls=10),
+            unified.BlackBoxBandit(hidden_size=8),
+            unified.BanditFamily(num_arms=5, num_pulls=10),
         ),
         "protonet-chars": (
-            relation.ProtoNetCharacters(hidden_channels=8),
-            relation.CharactersFamily(k_shot=2, k_query=2),
+            unified.ProtoNetCharacters(hidden_channels=8),
+            unified.CharactersFamily(k_shot=2, k_query=2),
         ),
     }
 
 
 @pytest.mark.parametrize("name", sorted(_relation_pairs()))
 def test_the_one_outer_loop_runs_every_learner_on_cuda(name):
-    from mlcourse import relation
+    from mlcourse import unified
 
     learner, family = _relation_pairs()[name]
-    row = relation.compare(
+    row = unified.compare(
         learner, family, steps=2, meta_batch_size=2, meta_lr=1e-3, eval_tasks=4, device="cuda"
     )
     assert all(p.device.type == "cuda" for p in row["params"].values())

@@ -9,6 +9,7 @@ import torch
 
 from mlcourse import maml_rl as M
 from mlcourse import pretrained
+from mlcourse.experiments.nav import NavConfig, NavLearner
 from mlcourse.rl.policies import GaussianMLPPolicy, linear_feature_values
 
 
@@ -240,7 +241,7 @@ def test_exported_reptile_run_loads_as_tensors_only(tmp_path):
     info = pretrained.export(tmp_path / "run", tmp_path / "policy.pt", note="test")
     assert info["experiment"] == "reptile-rl-nav" and info["steps"] == 1
     saved = torch.load(tmp_path / "policy.pt", weights_only=True)
-    config = M.NavConfig(**saved["config"])
+    config = NavConfig(**saved["config"])
     policy = GaussianMLPPolicy(2, 2, config.hidden_sizes)
     policy.load_state_dict(saved["weights"]["policy"])
     assert config.algorithm == "reptile" and saved["note"] == "test"
@@ -285,11 +286,11 @@ def test_log_std_gets_its_own_step_size_only_when_asked(tmp_path):
     assert moved["same"] <= 6 * 3e-4 * 1.01
     assert moved["own"] > 0.05
     with pytest.raises(ValueError, match="log_std_lr"):
-        M.NavConfig(log_std_lr=-1.0)
+        NavConfig(log_std_lr=-1.0)
 
 
 def test_first_order_maml_over_several_inner_steps_applies_the_gradient_at_the_last(monkeypatch):
-    config = M.NavConfig(
+    config = NavConfig(
         algorithm="fomaml",
         num_inner_steps=3,
         meta_batch_size=3,
@@ -300,7 +301,7 @@ def test_first_order_maml_over_several_inner_steps_applies_the_gradient_at_the_l
         max_grad_norm=1e6,
         action_scale=0.1,
     )
-    learner = M.NavLearner(config)
+    learner = NavLearner(config)
     before = {n: p.detach().clone() for n, p in learner.params.items()}
     sampled = []
     real_rollout = M.rollout
@@ -332,10 +333,10 @@ def test_first_order_maml_over_several_inner_steps_applies_the_gradient_at_the_l
 def test_several_inner_steps_are_for_maml_and_first_order_maml_only():
     for algorithm in ("reptile", "pretrain"):
         with pytest.raises(ValueError, match="num_inner_steps=2 is for MAML"):
-            M.NavConfig(algorithm=algorithm, num_inner_steps=2)
-    assert M.NavConfig(algorithm="maml", num_inner_steps=2).num_inner_steps == 2
+            NavConfig(algorithm=algorithm, num_inner_steps=2)
+    assert NavConfig(algorithm="maml", num_inner_steps=2).num_inner_steps == 2
     with pytest.raises(ValueError, match="num_inner_steps"):
-        M.NavConfig(algorithm="fomaml", num_inner_steps=0)
+        NavConfig(algorithm="fomaml", num_inner_steps=0)
 
 
 @pytest.mark.parametrize("estimator", ["dice", "lvc"])

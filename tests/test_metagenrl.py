@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from mlcourse.experiments.metagenrl import MetaGenRLConfig, MetaGenRLLearner
 from mlcourse.metagenrl import (
     NUM_FEATURES,
     Actor,
@@ -197,8 +198,6 @@ def test_meta_test_compares_both_objectives_on_an_unseen_family():
 
 
 def test_unknown_environment_family_is_a_clear_error():
-    from mlcourse.metagenrl import MetaGenRLConfig
-
     with pytest.raises(ValueError, match="comma-separated list from"):
         MetaGenRLConfig(envs="pendulum,cartpole")
 
@@ -245,12 +244,10 @@ def test_metrics_leave_out_a_family_with_no_finished_episode():
     0 and no return (never a nan in the log)."""
     import math
 
-    from mlcourse import metagenrl
-
-    config = metagenrl.MetaGenRLConfig(
+    config = MetaGenRLConfig(
         envs="navigation,mountaincar", agents_per_env=1, steps=150, warmup=50, log_every=50
     )
-    population = metagenrl.MetaGenRLLearner(config)
+    population = MetaGenRLLearner(config)
     for step in range(150):
         population.step(step)
     figures = population.metrics()

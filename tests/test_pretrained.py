@@ -10,7 +10,7 @@ import torch
 
 from mlcourse import experiments, pretrained
 from mlcourse.cli import main
-from mlcourse.learner import Learner
+from mlcourse.experiments.learner import Learner
 from mlcourse.training import load_checkpoint
 
 NAMES = pretrained.names()

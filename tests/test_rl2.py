@@ -11,6 +11,7 @@ import torch
 
 from mlcourse import pretrained, rl2
 from mlcourse.cli import main
+from mlcourse.experiments.rl2 import RL2Learner
 from mlcourse.rl.ppo import ppo_clip_loss
 from mlcourse.rl.returns import discounted_returns, gae
 
@@ -141,7 +142,7 @@ def test_ppo_update_reports_the_losses_computed_by_hand_before_its_step(
         epochs=epochs, minibatches=minibatches, gamma=0.9, lam=0.7, clip=0.1, value_coef=0.3,
         expected_rewards=expected_rewards, privileged_critic=privileged_critic,
     )  # fmt: skip
-    learner = rl2.RL2Learner(config)
+    learner = RL2Learner(config)
     if epochs * minibatches > 1:
         for group in learner.optimizer.param_groups:
             group["lr"] = 0.0
@@ -215,7 +216,7 @@ def test_step_by_step_equals_the_whole_sequence():
 
 def test_replaying_trials_from_a_zero_state_reproduces_their_log_probs():
     config = small_config(task="mdp", num_states=4, num_actions=3, episode_length=3, num_episodes=2)
-    learner = rl2.RL2Learner(config)
+    learner = RL2Learner(config)
     trials = rl2.run_trials(learner.policy, learner.envs, generator=learner.generator)
     assert trials.actions.shape == (6, 16) and trials.inputs.shape == (6, 16, 4 + 3 + 2)
     logits, values, _, _ = learner.policy(trials.inputs)
@@ -228,7 +229,7 @@ def test_replaying_trials_from_a_zero_state_reproduces_their_log_probs():
 
 def test_the_hidden_state_starts_at_zero_in_every_trial():
     config = small_config()
-    learner = rl2.RL2Learner(config)
+    learner = RL2Learner(config)
     first = rl2.run_trials(learner.policy, learner.envs, generator=learner.generator)
     second = rl2.run_trials(learner.policy, learner.envs, generator=learner.generator)
     # The first step of every trial reads the same input and so has the same policy.
@@ -245,7 +246,7 @@ def test_expected_rewards_are_the_means_of_the_sampled_ones(task):
     the pulled arm's probability, or the MDP's reward mean in the state the action was taken."""
     sizes = dict(num_states=3, num_actions=2, episode_length=4, num_episodes=2)
     config = small_config(task=task, trials_per_step=20_000, **sizes)
-    learner = rl2.RL2Learner(config)
+    learner = RL2Learner(config)
     trials = rl2.run_trials(learner.policy, learner.envs, generator=learner.generator)
     rows = torch.arange(trials.actions.shape[1])
     if task == "bandit":
@@ -288,7 +289,7 @@ def test_replayed_trials_give_the_rollouts_values_with_a_privileged_critic(task)
     sizes = dict(num_states=4, num_actions=3, episode_length=3, num_episodes=2)
     config = small_config(task=task, privileged_critic=True, **sizes)
     assert config.task_size == (3 if task == "bandit" else 4 * 3 * 5)
-    learner = rl2.RL2Learner(config)
+    learner = RL2Learner(config)
     trials = rl2.run_trials(learner.policy, learner.envs, generator=learner.generator)
     length = trials.actions.shape[0]
     task_vector = rl2.task_features(trials.task)
@@ -301,7 +302,7 @@ def test_replayed_trials_give_the_rollouts_values_with_a_privileged_critic(task)
 
 def test_with_expected_rewards_the_advantages_are_computed_from_them(monkeypatch):
     config = small_config(expected_rewards=True, privileged_critic=True)
-    learner = rl2.RL2Learner(config)
+    learner = RL2Learner(config)
     seen = []
     real_gae = rl2.gae
     monkeypatch.setattr(
@@ -362,7 +363,7 @@ def test_bf16_autocast_keeps_float32_outputs_close_to_full_precision():
 
 def test_a_bf16_run_trains_in_bf16_and_evaluates_in_full_precision(monkeypatch):
     config = small_config(bf16=True)
-    learner = rl2.RL2Learner(config)
+    learner = RL2Learner(config)
     policy = learner.policy
     modes = []
     forward = policy.forward
@@ -390,7 +391,7 @@ def test_rl2_learns_to_beat_random_on_two_armed_bandits(bf16):
         entropy_decay_steps=200,
         lr=3e-3,
     )
-    learner = rl2.RL2Learner(config)
+    learner = RL2Learner(config)
     before = rl2.evaluate(learner.policy, config, num_trials=2000, seed=5)
     for step in range(config.steps):
         learner.step(step)
@@ -565,7 +566,7 @@ def test_init_from_a_shipped_agent_into_a_privileged_critic_run(tmp_path):
     pretrained.export(tmp_path / "ft", tmp_path / "agent.pt", note="test")
     saved = torch.load(tmp_path / "agent.pt", weights_only=True)
     config = rl2.RL2Config(**saved["config"])
-    loaded = rl2.RL2Learner.network(config, saved["weights"])
+    loaded = RL2Learner.network(config, saved["weights"])
     score = rl2.evaluate(loaded, config, num_trials=8)
     assert score == rl2.evaluate(start.policy, start.config, num_trials=8)
 

@@ -169,7 +169,7 @@ def test_every_sine_experiment_trains_and_evaluates(tmp_path, name):
 @pytest.mark.slow
 def test_maml_learns_to_adapt(tmp_path):
     """A short run already beats the untrained network after one step on held-out tasks."""
-    from mlcourse import sine
+    from mlcourse.experiments import sine
 
     experiments.run_training(
         "maml-sine", tmp_path, overrides={"steps": 1500}, device="cpu", progress=False
@@ -204,7 +204,7 @@ def test_checkpoint_from_another_device_type_loads_with_a_warning(tmp_path):
 
 
 def _sine_losses(config, steps):
-    from mlcourse import sine
+    from mlcourse.experiments import sine
 
     learner = sine.SineLearner(config, "cpu")
     return learner, [learner.step(i).item() for i in range(steps)]
@@ -214,7 +214,7 @@ def _sine_losses(config, steps):
 def test_compiled_sine_training_follows_eager(algorithm):
     """A real torch.compile (about 20 s the first time on a CPU): the compiled meta-loss is
     used and trains as eager does."""
-    from mlcourse import sine
+    from mlcourse.experiments import sine
 
     small = dict(algorithm=algorithm, meta_batch_size=4, hidden="8,8")
     _, eager = _sine_losses(sine.SineConfig(**small), 5)
@@ -225,7 +225,8 @@ def test_compiled_sine_training_follows_eager(algorithm):
 
 
 def test_a_compiled_meta_loss_that_disagrees_falls_back_to_eager(monkeypatch):
-    from mlcourse import maml, sine
+    from mlcourse import maml
+    from mlcourse.experiments import sine
 
     def first_order_compiler(fn):  # what a compiler dropping double backward would compute
         return lambda m, p, t: maml.meta_loss(

@@ -73,6 +73,9 @@ TARGETS = {
     "reptile": Target(
         "mlcourse/reptile.py", ("tests/test_metasgd_reptile.py", "mlcourse/reptile.py")
     ),
+    "cavia": Target(
+        "mlcourse/cavia.py", ("tests/test_cavia.py", "-m", "not slow", "mlcourse/cavia.py")
+    ),
     "metasgd": Target(
         "mlcourse/metasgd.py", ("tests/test_metasgd_reptile.py", "mlcourse/metasgd.py")
     ),
@@ -85,12 +88,16 @@ TARGETS = {
         ("tests/test_rl2.py", "mlcourse/rl2.py"),
         _fns("mlcourse.rl2", "Trials.returns", "expected_reward", "ppo_update"),
     ),
+    "rl/policies": Target(
+        "mlcourse/rl/policies.py",
+        ("tests/test_maml_rl.py", "-k", "gaussian or policy", "mlcourse/rl/policies.py"),
+        _fns("mlcourse.rl.policies", "gaussian_log_prob", "GaussianMLPPolicy.log_prob"),
+    ),
     "maml_rl": Target(
         "mlcourse/maml_rl.py",
         ("tests/test_maml_rl.py", "mlcourse/maml_rl.py"),
         _fns(
             "mlcourse.maml_rl",
-            "gaussian_log_prob",
             "gaussian_kl",
             "pre_update_kl",
             "log_prob",

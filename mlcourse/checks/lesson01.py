@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from mlcourse.checks._core import Fail, check, expect_tensor
+from mlcourse.experiments.sine import evaluate
 from mlcourse.maml import adapt, meta_loss_loop, params_of
 from mlcourse.models import MLP
-from mlcourse.sine import evaluate
 from mlcourse.tasks import Sinusoid
 
 LESSON = "01_meta_learning_problem"
@@ -272,7 +272,7 @@ def threshold_score(model) -> dict:
     """The held-out score :func:`meta_train` judges: 10 shots, 1 SGD step of size 0.01.
 
     Returns:
-        :func:`mlcourse.sine.evaluate`'s dict (``mse`` after the step, ``mse_by_step``).
+        :func:`mlcourse.experiments.sine.evaluate`'s dict (``mse`` after the step, ``mse_by_step``).
     """
     return evaluate(
         model,
@@ -343,7 +343,11 @@ def _probe_steps(fn) -> None:
         )
 
 
-@check(LESSON, points=3, forbid=("mlcourse.sine.SineLearner.step", "mlcourse.training.train"))
+@check(
+    LESSON,
+    points=3,
+    forbid=("mlcourse.experiments.sine.SineLearner.step", "mlcourse.training.train"),
+)
 def meta_train(fn, num_steps: int = TRAIN_STEPS) -> str:
     """Runs ``fn(model, num_steps, generator)`` on a fresh seeded 1-40-40-1 MLP, then checks that
     the query MSE after one SGD step (size 0.01) on 10 support points of held-out tasks is below

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mlcourse import relation
+from mlcourse import unified
 from mlcourse.checks._core import Fail, check, expect_tensor
 
 LESSON = "09_relation"
@@ -80,7 +80,7 @@ def _run_outer(start, batches, stale, *, zero_first=True, zero_after=False):
     return params["w"].detach(), losses
 
 
-@check(LESSON, points=1, forbid=("mlcourse.relation.outer_step",))
+@check(LESSON, points=1, forbid=("mlcourse.unified.outer_step",))
 def outer_step(fn: Callable) -> str:
     """Checks ``fn(learner, params, optimizer, tasks, generator) -> loss`` over three steps of
     SGD with momentum on a toy meta-learner, with old gradients left in ``.grad`` before the
@@ -193,7 +193,7 @@ def _variant(logits, actions, rewards, lr, *, centre=0.5, reduce="mean", per_tas
     return batched + lr * g
 
 
-@check(LESSON, points=2, forbid=("mlcourse.relation.bandit_inner_step",))
+@check(LESSON, points=2, forbid=("mlcourse.unified.bandit_inner_step",))
 def bandit_inner_step(fn: Callable) -> str:
     """Checks ``fn(logits, actions, rewards, inner_lr) -> (num_tasks, num_arms)``: one
     policy-gradient ascent step per task on its own pulls, rewards centred on 0.5, averaged
@@ -203,7 +203,7 @@ def bandit_inner_step(fn: Callable) -> str:
     got = fn(logits, actions, rewards, 0.3)
     if not torch.equal(logits.detach(), before):
         raise Fail("your step modified logits in place", "return a new tensor: logits + ...")
-    want = relation.bandit_inner_step(logits, actions, rewards, 0.3)
+    want = unified.bandit_inner_step(logits, actions, rewards, 0.3)
     if not isinstance(got, Tensor):
         raise Fail(
             f"return a tensor, got {type(got).__name__}",
@@ -292,9 +292,9 @@ def bandit_inner_step(fn: Callable) -> str:
 def _regressor_problem():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = relation.BlackBoxRegressor(hidden_size=12, head_sizes=(16,))
-    tasks = relation.SineFamily(k_support=6, k_query=7).sample(4, torch.Generator().manual_seed(1))
-    other = relation.SineFamily(k_support=6, k_query=7).sample(4, torch.Generator().manual_seed(2))
+        model = unified.BlackBoxRegressor(hidden_size=12, head_sizes=(16,))
+    tasks = unified.SineFamily(k_support=6, k_query=7).sample(4, torch.Generator().manual_seed(1))
+    other = unified.SineFamily(k_support=6, k_query=7).sample(4, torch.Generator().manual_seed(2))
     return model, tasks, other
 
 
@@ -302,9 +302,9 @@ def _regressor_problem():
     LESSON,
     points=2,
     forbid=(
-        "mlcourse.relation.BlackBoxRegressor.forward",
-        "mlcourse.relation.BlackBoxRegressor.encode",
-        "mlcourse.relation.BlackBoxRegressor.decode",
+        "mlcourse.unified.BlackBoxRegressor.forward",
+        "mlcourse.unified.BlackBoxRegressor.encode",
+        "mlcourse.unified.BlackBoxRegressor.decode",
     ),
 )
 def blackbox_predict(fn: Callable) -> str:

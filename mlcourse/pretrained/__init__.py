@@ -79,7 +79,8 @@ class Pretrained:
         name: its name, e.g. ``rl2-bandit-k5-n10``.
         experiment: the experiment it is a run of (``mlcourse train EXPERIMENT``).
         config: the run's config dataclass.
-        weights: the learner's weights by component (see :meth:`mlcourse.learner.Learner.weights`).
+        weights: the learner's weights by component (see
+            :meth:`mlcourse.experiments.learner.Learner.weights`).
         steps: training iterations.
         seconds: training time.
         trained: how it was trained (the command, the machine).

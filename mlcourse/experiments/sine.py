@@ -1,5 +1,5 @@
-"""Meta-learning on sinusoid regression: MAML, first-order MAML, Meta-SGD, Reptile and the
-"pretrained on all tasks" baseline, as trainable and evaluable experiments.
+"""Meta-learning on sinusoid regression: MAML, first-order MAML, Meta-SGD, Reptile, CAVIA and
+the "pretrained on all tasks" baseline, as trainable and evaluable experiments.
 
 Defaults follow Finn et al. (2017), section 5.1: a 1-40-40-1 ReLU network, K = 10 support
 points, meta-batches of 25 tasks, one inner step of size 0.01, Adam with step 0.001 for
@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from mlcourse.learner import Learner, Weights
+from mlcourse import cavia
+from mlcourse.experiments.learner import Learner, Weights
 from mlcourse.maml import adapt, compile_meta_loss, meta_loss, params_of
 from mlcourse.metasgd import init_inner_lrs
 from mlcourse.models import MLP
@@ -35,7 +36,7 @@ from mlcourse.reptile import reptile_step
 from mlcourse.tasks import Sinusoid
 from mlcourse.training import make_adam, restore_generator
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "pretrain")
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "cavia", "pretrain")
 EVAL_SEED = 20_170_703  # held-out tasks: a generator no training run uses
 EVAL_QUERY_POINTS = 100
 
@@ -51,13 +52,16 @@ class SineConfig:
     k_support: int = option(10, "support points per training task (K)", min=1)
     k_query: int = option(10, "query points per training task", min=1)
     inner_lr: float = option(
-        0.01, "inner-loop SGD step size (Meta-SGD: only for evaluation)", min=0
+        0.01,
+        "inner-loop SGD step size (Meta-SGD: only for evaluation; CAVIA: the context's)",
+        min=0,
     )
     num_inner_steps: int = option(1, "inner-loop steps during meta-training", min=1)
     meta_lr: float = option(
         1e-3, "Adam step size of the outer loop (Reptile: interpolation ε)", above=0
     )
     hidden: str = option("40,40", "hidden layer widths, comma separated", widths=True)
+    num_context: int = option(5, "CAVIA: context inputs beside x, adapted per task", min=1)
     compile: bool = option(
         False,
         "MAML, first-order MAML, Meta-SGD: torch.compile the meta-loss (its pure torch.func"
@@ -68,10 +72,10 @@ class SineConfig:
 
     def __post_init__(self):
         check_config(self)
-        if self.compile and self.algorithm in ("reptile", "pretrain"):
+        if self.compile and self.algorithm in ("reptile", "cavia", "pretrain"):
             raise ValueError(
-                f"compile is for MAML, first-order MAML and Meta-SGD; {self.algorithm} has no "
-                "meta-loss to compile"
+                f"compile is for MAML, first-order MAML and Meta-SGD, not {self.algorithm}: "
+                "train without --compile"
             )
 
     @property
@@ -89,6 +93,9 @@ EXPERIMENTS: dict[str, dict] = {
         "meta_lr": 1.0,
         "steps": 30_000,
     },
+    # the CAVIA authors' sinusoid setting: five context inputs, one inner step of size 1.0,
+    # Adam 0.001 on 25 tasks of K = 10 for 50 000 iterations
+    "cavia-sine": {"algorithm": "cavia", "inner_lr": 1.0, "steps": 50_000},
     "pretrain-sine": {"algorithm": "pretrain"},
 }
 DESCRIPTIONS = {
@@ -96,9 +103,16 @@ DESCRIPTIONS = {
     "fomaml-sine": "first-order MAML on sinusoid regression",
     "metasgd-sine": "Meta-SGD (learned per-parameter step sizes) on sinusoid regression",
     "reptile-sine": "Reptile (batched) on sinusoid regression",
+    "cavia-sine": "CAVIA (a few context inputs adapted per task) on sinusoid regression",
     "pretrain-sine": "baseline: one network trained on all sinusoids jointly, fine-tuned at "
     "test time",
 }
+
+
+def _model(config: SineConfig) -> MLP:
+    """The regressor: x alone, or x and CAVIA's context."""
+    inputs = 1 + (config.num_context if config.algorithm == "cavia" else 0)
+    return MLP(inputs, 1, config.hidden_sizes)
 
 
 class SineLearner(Learner):
@@ -118,7 +132,7 @@ class SineLearner(Learner):
         self.family = Sinusoid()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.model = MLP(hidden_sizes=config.hidden_sizes).to(self.device)
+            self.model = _model(config).to(self.device)
         self.params = params_of(self.model)
         self.inner_lrs = None
         meta_params = list(self.params.values())
@@ -177,6 +191,16 @@ class SineLearner(Learner):
             x = torch.cat([tasks.x_support, tasks.x_query], 1)
             y = torch.cat([tasks.y_support, tasks.y_query], 1)
             loss = F.mse_loss(self.model(x), y)
+        elif c.algorithm == "cavia":
+            loss = cavia.meta_loss(
+                self.model,
+                self.params,
+                tasks,
+                loss_fn=F.mse_loss,
+                inner_lr=c.inner_lr,
+                num_context=c.num_context,
+                num_inner_steps=c.num_inner_steps,
+            )
         else:
             kwargs = {
                 "loss_fn": F.mse_loss,
@@ -232,7 +256,7 @@ class SineLearner(Learner):
 
     @classmethod
     def network(cls, config: SineConfig, weights: Weights, device=None) -> nn.Module:
-        model = MLP(hidden_sizes=config.hidden_sizes)
+        model = _model(config)
         model.load_state_dict(weights["model"])
         return model.to(device).eval() if device is not None else model.eval()
 
@@ -263,6 +287,7 @@ class SineLearner(Learner):
             inner_steps=options.inner_steps,
             num_tasks=options.num_tasks,
             seed=options.seed,
+            context=self.config.num_context if self.config.algorithm == "cavia" else 0,
         )
         return {
             "shots": options.shots,
@@ -284,11 +309,13 @@ def evaluate(
     seed: int = EVAL_SEED,
     k_query: int = EVAL_QUERY_POINTS,
     chunk_size: int = 1000,
+    context: int = 0,
 ) -> dict:
     """Query MSE on held-out tasks after 0, 1, ..., ``inner_steps`` steps of adaptation.
 
     Every task is adapted on ``shots`` support points with SGD of step ``inner_lr`` (a float,
-    or Meta-SGD's per-parameter dict) and scored on ``k_query`` fresh points.
+    or Meta-SGD's per-parameter dict) and scored on ``k_query`` fresh points. With
+    ``context`` > 0 (CAVIA) the weights stay and a context of that size, from zero, adapts.
 
     Args:
         model, params: the meta-learned initialisation.
@@ -299,6 +326,7 @@ def evaluate(
         seed: seed of the held-out tasks (the default is used by every reported figure).
         k_query: query points per task.
         chunk_size: tasks adapted at once (bounds memory).
+        context: CAVIA's context size (0: adapt the weights).
 
     Returns:
         ``{"mse": after inner_steps, "ci95": its 95% interval half-width,
@@ -312,17 +340,33 @@ def evaluate(
     )
     params = {n: p.detach() for n, p in params.items()}
 
-    def one_step(p, x, y):
-        return adapt(model, p, x, y, loss_fn=F.mse_loss, inner_lr=inner_lr, first_order=True)
+    if context:  # CAVIA: the state that adapts is the context; θ stays
 
-    def query_mse(p, x, y):
-        return F.mse_loss(functional_call(model, p, (x,)), y)
+        def one_step(c, x, y):
+            return cavia.context_step(model, params, c, x, y, loss_fn=F.mse_loss, inner_lr=inner_lr)
+
+        def query_mse(c, x, y):
+            return F.mse_loss(functional_call(model, params, (cavia.with_context(x, c),)), y)
+
+        def start(num: int):
+            return torch.zeros(num, context, device=device, dtype=dtype)
+
+    else:
+
+        def one_step(p, x, y):
+            return adapt(model, p, x, y, loss_fn=F.mse_loss, inner_lr=inner_lr, first_order=True)
+
+        def query_mse(p, x, y):
+            return F.mse_loss(functional_call(model, p, (x,)), y)
+
+        def start(num: int):
+            return {n: v.expand(num, *v.shape) for n, v in params.items()}
 
     per_step = []
     with torch.no_grad():
         for lo in range(0, num_tasks, chunk_size):
             t = tasks[lo : lo + chunk_size]
-            p = {n: v.expand(t.num_tasks, *v.shape) for n, v in params.items()}
+            p = start(t.num_tasks)
             rows = [vmap(query_mse)(p, t.x_query, t.y_query)]
             for _ in range(inner_steps):
                 p = vmap(one_step)(p, t.x_support, t.y_support)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mlcourse import fewshot
-from mlcourse.learner import Learner, Weights
+from mlcourse.experiments.learner import Learner, Weights
 from mlcourse.maml import params_of
 from mlcourse.models import NORMS, Conv4
 from mlcourse.options import check_config, nonnegative_int, option, positive_int

@@ -1,8 +1,10 @@
-"""The registry behind ``mlcourse train`` and ``mlcourse eval``: one entry per experiment.
+"""The experiment layer: the registry behind ``mlcourse train`` and ``mlcourse eval``.
 
-Every family module declares its recipes (``EXPERIMENTS``: name → config values) and their
-``DESCRIPTIONS``; its :class:`~mlcourse.learner.Learner` subclass does the rest (the config it
-takes, the ``eval`` options, the evaluation), so the registry is one loop.
+Each family module of this package (``sine``, ``chars``, ``rl2``, ``nav``, ``metagenrl``)
+declares its recipes (``EXPERIMENTS``: name → config values), their ``DESCRIPTIONS`` and a
+:class:`~mlcourse.experiments.learner.Learner` subclass that does the rest (the config it takes,
+the ``eval`` options, the evaluation), so the registry is one loop. The algorithms they train
+are the top-level modules (:mod:`mlcourse.maml`, :mod:`mlcourse.rl2`, ...).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mlcourse import chars, maml_rl, metagenrl, pretrained, rl2, sine
-from mlcourse.learner import Experiment, Learner, experiments_of
+from mlcourse import pretrained
+from mlcourse.experiments import chars, metagenrl, nav, rl2, sine
+from mlcourse.experiments.learner import Experiment, Learner, experiments_of
 from mlcourse.training import load_checkpoint, make_config, resolve_device, saved_run, train
 
 # options that may change when a run is resumed: they change when it stops and what it writes
@@ -22,7 +25,7 @@ FAMILIES = (
     (sine, sine.SineLearner),
     (chars, chars.CharsLearner),
     (rl2, rl2.RL2Learner),
-    (maml_rl, maml_rl.NavLearner),
+    (nav, nav.NavLearner),
     (metagenrl, metagenrl.MetaGenRLLearner),
 )
 

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from mlcourse import relation as R
+from mlcourse import unified as R
 
 
 @pytest.fixture(autouse=True, scope="module")
