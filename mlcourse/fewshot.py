@@ -26,6 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mlcourse.maml import adapt_batch, adapt_reference
 from mlcourse.models import head_params
+from mlcourse.stats import ci95
 from mlcourse.validation import check_model, check_params, check_tasks
 
 Params = dict[str, Tensor]
@@ -639,8 +640,8 @@ def accuracy_ci95(accuracies: Tensor | Sequence[float]) -> tuple[float, float]:
         raise ValueError(
             "accuracies must be fractions in [0, 1] (per-episode accuracies, not percentages)"
         )
-    half_width = 1.96 * acc.std() / math.sqrt(acc.numel())
-    return 100 * acc.mean().item(), 100 * half_width.item()
+    mean, half_width = ci95(acc)
+    return 100 * mean, 100 * half_width
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from mlcourse.envs import (
     PendulumVectorEnv,
 )
 from mlcourse.models import MLP
+from mlcourse.stats import mean_and_stderr
 from mlcourse.training import make_adam, restore_generator
 
 Params = dict[str, Tensor]
@@ -496,15 +497,9 @@ def meta_test(
             results[name].append(sum(tail) / len(tail) if tail else float("nan"))
             if obj is not None and len(agent.buffer) > 0:
                 alignment.append(gradient_alignment(obj, agent, batches=10))
-    summary = {}
-    for name, values in results.items():
-        mean = sum(values) / len(values)
-        spread = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
-        summary[name] = {
-            "mean": mean,
-            "stderr": spread / len(values) ** 0.5,
-            "per_seed": values,
-        }
+    summary = {
+        name: {**mean_and_stderr(values), "per_seed": values} for name, values in results.items()
+    }
     return {
         "env": env_name,
         "seeds": seeds,

@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 from mlcourse.envs import BernoulliBanditVectorEnv, TabularMDPVectorEnv
 from mlcourse.options import check_config, option
-from mlcourse.rl.bandits import mean_and_stderr
 from mlcourse.rl.ppo import ppo_clip_loss
 from mlcourse.rl.returns import gae
+from mlcourse.stats import mean_and_stderr
 
 TASKS = ("bandit", "mdp")
 VALUE_SCALE_RATE = 0.1  # how fast the value head's scale follows the spread of its targets

@@ -68,10 +68,6 @@ class MetaGenRLConfig:
     def env_names(self) -> list[str]:
         return [n.strip() for n in str(self.envs).split(",") if n.strip()]
 
-    @staticmethod
-    def widths(text: str) -> tuple[int, ...]:
-        return parse_widths(text)
-
 
 class MetaGenRLLearner(Learner):
     """The population and the learned objective (the learner type of
@@ -84,7 +80,7 @@ class MetaGenRLLearner(Learner):
     def __init__(self, config: MetaGenRLConfig, device: torch.device | str = "cpu"):
         self.config = config
         self.device = torch.device(device)
-        hidden = config.widths(config.hidden)
+        hidden = parse_widths(config.hidden)
         self.agents = [
             Agent(
                 name,
@@ -101,7 +97,7 @@ class MetaGenRLLearner(Learner):
         ]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.objective = LearnedObjective(config.widths(config.objective_hidden))
+            self.objective = LearnedObjective(parse_widths(config.objective_hidden))
         self.objective.to(self.device)
         self.optimizer = make_adam(self.objective.parameters(), lr=config.objective_lr)
         self.settings = TD3Settings()
@@ -181,7 +177,7 @@ class MetaGenRLLearner(Learner):
     @classmethod
     def network(cls, config: MetaGenRLConfig, weights: Weights, device=None) -> LearnedObjective:
         """The learned objective, frozen (no parameter requires grad)."""
-        objective = LearnedObjective(config.widths(config.objective_hidden))
+        objective = LearnedObjective(parse_widths(config.objective_hidden))
         objective.load_state_dict(weights["objective"])
         objective.requires_grad_(False).eval()
         return objective.to(device) if device is not None else objective

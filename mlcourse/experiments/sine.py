@@ -9,7 +9,6 @@ points, meta-batches of 25 tasks, one inner step of size 0.01, Adam with step 0.
 from __future__ import annotations
 
 import argparse
-import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from mlcourse.options import (
     positive_int,
 )
 from mlcourse.reptile import reptile_step
+from mlcourse.stats import ci95
 from mlcourse.tasks import Sinusoid
 from mlcourse.training import make_adam, restore_generator
 
@@ -381,6 +381,6 @@ def evaluate(
         )
     return {
         "mse": final.mean().item(),
-        "ci95": 1.96 * final.std().item() / math.sqrt(num_tasks) if num_tasks > 1 else math.nan,
+        "ci95": ci95(final)[1],
         "mse_by_step": [round(v, 6) for v in losses.mean(1).tolist()],
     }

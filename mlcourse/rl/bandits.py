@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from mlcourse.envs import BernoulliBanditVectorEnv
+from mlcourse.stats import mean_and_stderr  # the course's one summary of repeated figures
 
 # (successes, failures, pull index t = pulls made so far, rng) -> arms
 BanditPolicy = Callable[[Tensor, Tensor, int, np.random.Generator], Tensor]
@@ -338,13 +339,6 @@ def bandit_returns(
         failures[rows, arms] += 1.0 - reward
         total += reward
     return total
-
-
-def mean_and_stderr(returns: Tensor) -> dict[str, float]:
-    """``{"mean": ..., "stderr": ...}`` of per-trial returns (stderr = std / sqrt(count))."""
-    returns = returns.double()
-    stderr = returns.std(unbiased=True).item() / math.sqrt(returns.numel())
-    return {"mean": returns.mean().item(), "stderr": stderr}
 
 
 def bandit_baselines(

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from mlcourse.envs import TabularMDPVectorEnv
 from mlcourse.envs.tabular_mdp import REWARD_MEAN_PRIOR, REWARD_NOISE
-from mlcourse.rl.bandits import mean_and_stderr, random_argmax
+from mlcourse.rl.bandits import random_argmax
+from mlcourse.stats import mean_and_stderr
 
 
 @dataclass

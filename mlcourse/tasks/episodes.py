@@ -16,13 +16,10 @@ The labels say nothing about the underlying classes: label ``i`` of task ``t`` i
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from mlcourse.stats import ci95
 from mlcourse.tasks.base import TaskBatch
-
-Z_95 = 1.959964  # two-sided 95% quantile of the standard normal distribution
 
 
 def check_episode_shape(
@@ -224,7 +221,8 @@ def nearest_neighbour_accuracy(tasks: TaskBatch) -> tuple[float, float]:
 
     Every query image gets the label of the closest support image (Euclidean distance on
     raw pixels). Accuracy is averaged per task, then over tasks; the interval is the normal
-    approximation ``1.96 * std / sqrt(num_tasks)`` over the per-task accuracies.
+    approximation ``1.96 * std / sqrt(num_tasks)`` over the per-task accuracies
+    (:func:`mlcourse.stats.ci95`; NaN for a single task).
 
     Args:
         tasks: a batch with ``x_support: (num_tasks, n_support, *image_shape)``,
@@ -235,8 +233,8 @@ def nearest_neighbour_accuracy(tasks: TaskBatch) -> tuple[float, float]:
         ``(accuracy, ci95)`` in percent, like :func:`mlcourse.fewshot.accuracy_ci95`.
 
     Example:
-        >>> x = torch.eye(3).reshape(1, 3, 3)
-        >>> y = torch.tensor([[0, 1, 2]])
+        >>> x = torch.eye(3).expand(2, 3, 3)  # two tasks
+        >>> y = torch.tensor([[0, 1, 2], [0, 1, 2]])
         >>> nearest_neighbour_accuracy(TaskBatch(x, y, x, y))
         (100.0, 0.0)
     """
@@ -248,6 +246,5 @@ def nearest_neighbour_accuracy(tasks: TaskBatch) -> tuple[float, float]:
     nearest = distance.argmin(dim=-1)  # (num_tasks, n_query)
     predicted = tasks.y_support.gather(1, nearest)
     per_task = (predicted == tasks.y_query).double().mean(dim=1)
-    num_tasks = per_task.numel()
-    spread = per_task.std().item() if num_tasks > 1 else 0.0
-    return 100 * per_task.mean().item(), 100 * Z_95 * spread / math.sqrt(num_tasks)
+    accuracy, half_width = ci95(per_task)
+    return 100 * accuracy, 100 * half_width
