@@ -34,7 +34,7 @@ __all__ = ["adapt_context", "context_step", "meta_loss", "meta_loss_loop", "with
 
 
 def with_context(x: Tensor, context: Tensor) -> Tensor:
-    """``x`` ``(k, d)`` with the context ``(c,)`` appended to every row: ``(k, d + c)``.
+    """``x`` ``(..., d)`` with the context ``(c,)`` appended to every row: ``(..., d + c)``.
 
     Example:
         >>> with_context(torch.ones(2, 1), torch.tensor([0.5, -1.0]))
@@ -163,16 +163,14 @@ def meta_loss_loop(
     _check_input_size(model, params, x_support[0], num_context)
     losses = []
     for xs, ys, xq, yq in zip(x_support, y_support, x_query, y_query, strict=True):
-        inner = {n: p.detach() for n, p in params.items()} if first_order else params
         context = xs.new_zeros(num_context, requires_grad=True)
         for _ in range(num_inner_steps):
-            prediction = functional_call(model, inner, (with_context(xs, context),))
+            prediction = functional_call(model, params, (with_context(xs, context),))
+            # first order: the step is a constant, so the context depends on θ through nothing
             (g,) = torch.autograd.grad(
                 loss_fn(prediction, ys), context, create_graph=not first_order
             )
             context = context - inner_lr * g
-        if first_order:
-            context = context.detach()
         losses.append(loss_fn(functional_call(model, params, (with_context(xq, context),)), yq))
     return torch.stack(losses).mean()
 
@@ -225,11 +223,12 @@ def _adapt(
     model, params, x_support, y_support, loss_fn, inner_lr, num_context, num_inner_steps,
     first_order,
 ) -> Tensor:  # fmt: skip
-    """The inner loop without validation (works inside ``vmap``)."""
+    """The inner loop without validation (works inside ``vmap``). First order: the steps are
+    taken with θ detached, so the context depends on θ through nothing."""
     inner = {n: p.detach() for n, p in params.items()} if first_order else params
     context = x_support.new_zeros(num_context)
     for _ in range(num_inner_steps):
         context = context_step(
             model, inner, context, x_support, y_support, loss_fn=loss_fn, inner_lr=inner_lr
         )
-    return context.detach() if first_order else context
+    return context

@@ -136,3 +136,59 @@ def test_bad_input_is_refused_with_what_to_do():
     )
     loss = cavia.meta_loss_loop(model, params, ragged, num_context=3, **kw)  # the loop takes it
     assert loss.isfinite()
+
+
+def test_the_defaults_are_one_second_order_step():
+    model, params, tasks = _setup()
+    kw = dict(loss_fn=F.mse_loss, inner_lr=0.7, num_context=3)
+    explicit = dict(num_inner_steps=1, first_order=False)
+    for fn in (cavia.meta_loss, cavia.meta_loss_loop):
+        default, stated = fn(model, params, tasks, **kw), fn(model, params, tasks, **kw, **explicit)
+        torch.testing.assert_close(default, stated)
+        for a, b in zip(_grads(default, params), _grads(stated, params), strict=True):
+            torch.testing.assert_close(a, b)
+    x, y = tasks.x_support[0], tasks.y_support[0]
+    torch.testing.assert_close(
+        cavia.adapt_context(model, params, x, y, **kw),
+        cavia.adapt_context(model, params, x, y, **kw, **explicit),
+    )
+
+
+def test_the_smallest_settings_are_accepted():
+    """One context input, a step size of 0 (the context stays at zero), a single task, and
+    inputs of two features."""
+    model, params, tasks = _setup(num_context=1)
+    loss = cavia.meta_loss(model, params, tasks, loss_fn=F.mse_loss, inner_lr=1.0, num_context=1)
+    assert loss.isfinite()
+    still = cavia.adapt_context(
+        model,
+        params,
+        tasks.x_support[0],
+        tasks.y_support[0],
+        loss_fn=F.mse_loss,
+        inner_lr=0.0,
+        num_context=1,
+        num_inner_steps=3,
+    )
+    assert torch.equal(still, torch.zeros(1, dtype=DTYPE))
+    one = TaskBatch(
+        *(t[:1] for t in (tasks.x_support, tasks.y_support, tasks.x_query, tasks.y_query))
+    )
+    kw = dict(loss_fn=F.mse_loss, inner_lr=1.0, num_context=1)
+    torch.testing.assert_close(
+        cavia.meta_loss_loop(model, params, one, **kw), cavia.meta_loss(model, params, one, **kw)
+    )
+    wide = MLP(2 + 3, 1, (8,)).to(DTYPE)  # x with two features, and three context inputs
+    x = torch.randn(6, 2, dtype=DTYPE)
+    context = cavia.adapt_context(
+        wide, params_of(wide), x, x.sum(1, keepdim=True), loss_fn=F.mse_loss, inner_lr=0.5,
+        num_context=3,
+    )  # fmt: skip
+    assert context.shape == (3,)
+
+
+def test_with_context_takes_any_leading_dimensions():
+    x = torch.arange(12.0).reshape(2, 3, 2)
+    out = cavia.with_context(x, torch.tensor([7.0, 8.0, 9.0]))
+    assert out.shape == (2, 3, 5)
+    assert torch.equal(out[..., :2], x) and (out[..., 2:] == torch.tensor([7.0, 8.0, 9.0])).all()
