@@ -1,5 +1,6 @@
-"""The ``mlcourse`` command line: doctor, train, eval, pretrained, bench, baselines, grade,
-release.
+"""The ``mlcourse`` command line: train, eval, pretrained, bench, baselines, doctor, release,
+grade. Each subcommand is a function registered with :func:`command`, which gives it its line
+in ``mlcourse --help``.
 
 Every command that reports numbers takes ``--json`` and then prints exactly one JSON object on
 standard output (progress bars and messages go to standard error).
@@ -11,19 +12,33 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from mlcourse.options import nonnegative_float, positive_float, positive_int
 
-COMMANDS = {
-    "doctor": "versions, device, widgets, and what will be slow",
-    "train": "train an experiment, with checkpoints and --resume",
-    "eval": "evaluate a trained checkpoint, or an agent the course ships",
-    "pretrained": "the agents the course ships, and the report figure each reproduces",
-    "bench": "side-by-side speed ratios measured in one run",
-    "baselines": "the classic bandit and MDP strategies (RL² Tables 1 and 2)",
-    "grade": "execute submitted notebooks and write a gradebook",
-    "release": "write exercises/ from solutions/ and stamp every notebook's setup cells",
-}
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its line in ``mlcourse --help`` and the function that runs it."""
+
+    text: str
+    run: Callable[[list[str]], int]
+
+
+COMMANDS: dict[str, Command] = {}  # filled by @command, in the order of `mlcourse --help`
+
+
+def command(name: str, text: str) -> Callable:
+    """Registers ``run(rest) -> exit code`` as ``mlcourse NAME``."""
+
+    def register(run: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
+        if name in COMMANDS:
+            raise ValueError(f"two commands are named {name!r}")
+        COMMANDS[name] = Command(text, run)
+        return run
+
+    return register
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +70,7 @@ def _experiment_name(rest: list[str]) -> str | None:
 def _experiment_parser(command: str, rest: list[str]):
     from mlcourse import experiments
 
-    parser = _Parser(prog=f"mlcourse {command}", description=COMMANDS[command])
+    parser = _Parser(prog=f"mlcourse {command}", description=COMMANDS[command].text)
     lines = [f"  {n:<19}{e.description}" for n, e in experiments.EXPERIMENTS.items()]
     parser.epilog = "experiments:\n" + "\n".join(lines)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -65,6 +80,7 @@ def _experiment_parser(command: str, rest: list[str]):
     return parser, exp
 
 
+@command("train", "train an experiment, with checkpoints and --resume")
 def cmd_train(rest: list[str]) -> int:
     from mlcourse import experiments
 
@@ -133,6 +149,7 @@ def _train_text(summary: dict) -> str:
     return f"{done} in {summary['seconds']:.0f} s, {loss}; checkpoint in {summary['out']}"
 
 
+@command("eval", "evaluate a trained checkpoint, or an agent the course ships")
 def cmd_eval(rest: list[str]) -> int:
     from mlcourse import experiments
 
@@ -154,10 +171,11 @@ def cmd_eval(rest: list[str]) -> int:
     return 0
 
 
+@command("pretrained", "the agents the course ships, and the report figure each reproduces")
 def cmd_pretrained(rest: list[str]) -> int:
     from mlcourse import pretrained
 
-    parser = _Parser(prog="mlcourse pretrained", description=COMMANDS["pretrained"])
+    parser = _Parser(prog="mlcourse pretrained", description=COMMANDS["pretrained"].text)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(rest)
     agents = [pretrained.load(name) for name in pretrained.names()]
@@ -176,10 +194,11 @@ def cmd_pretrained(rest: list[str]) -> int:
     return 0
 
 
+@command("bench", "side-by-side speed ratios measured in one run")
 def cmd_bench(rest: list[str]) -> int:
     from mlcourse import bench
 
-    parser = _Parser(prog="mlcourse bench", description=COMMANDS["bench"])
+    parser = _Parser(prog="mlcourse bench", description=COMMANDS["bench"].text)
     parser.add_argument(
         "name",
         choices=sorted(bench.BENCHMARKS),
@@ -212,8 +231,9 @@ def cmd_bench(rest: list[str]) -> int:
     return 0
 
 
+@command("baselines", "the classic bandit and MDP strategies (RL² Tables 1 and 2)")
 def cmd_baselines(rest: list[str]) -> int:
-    parser = _Parser(prog="mlcourse baselines", description=COMMANDS["baselines"])
+    parser = _Parser(prog="mlcourse baselines", description=COMMANDS["baselines"].text)
     sub = parser.add_subparsers(dest="family", required=True, metavar="bandit|mdp")
     bandit = sub.add_parser("bandit", help="Bernoulli bandits with arms U[0, 1]")
     bandit.add_argument("--arms", type=positive_int, default=5, help="k (default: 5)")
@@ -280,10 +300,11 @@ def cmd_baselines(rest: list[str]) -> int:
     return 0
 
 
+@command("doctor", "versions, device, widgets, and what will be slow")
 def cmd_doctor(rest: list[str]) -> int:
     from mlcourse import doctor
 
-    parser = _Parser(prog="mlcourse doctor", description=COMMANDS["doctor"])
+    parser = _Parser(prog="mlcourse doctor", description=COMMANDS["doctor"].text)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(rest)
     rep = doctor.report()
@@ -291,10 +312,11 @@ def cmd_doctor(rest: list[str]) -> int:
     return 0
 
 
+@command("release", "write exercises/ from solutions/ and stamp every notebook's setup cells")
 def cmd_release(rest: list[str]) -> int:
     from mlcourse import release
 
-    parser = _Parser(prog="mlcourse release", description=COMMANDS["release"])
+    parser = _Parser(prog="mlcourse release", description=COMMANDS["release"].text)
     parser.add_argument(
         "--check", action="store_true", help="write nothing; fail when a file is out of date"
     )
@@ -331,10 +353,11 @@ def cmd_release(rest: list[str]) -> int:
     return 1 if orphans else 0
 
 
+@command("grade", "execute submitted notebooks and write a gradebook")
 def cmd_grade(rest: list[str]) -> int:
     from mlcourse import grading, sandbox
 
-    parser = _Parser(prog="mlcourse grade", description=COMMANDS["grade"])
+    parser = _Parser(prog="mlcourse grade", description=COMMANDS["grade"].text)
     parser.add_argument(
         "paths", nargs="+", metavar="PATH", help="submitted notebooks, or folders of them"
     )
@@ -382,25 +405,13 @@ def cmd_grade(rest: list[str]) -> int:
     return 0
 
 
-HANDLERS = {
-    "doctor": cmd_doctor,
-    "train": cmd_train,
-    "eval": cmd_eval,
-    "pretrained": cmd_pretrained,
-    "bench": cmd_bench,
-    "baselines": cmd_baselines,
-    "grade": cmd_grade,
-    "release": cmd_release,
-}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = (
         "usage: mlcourse {"
         + ",".join(COMMANDS)
         + "} ...\n\n"
-        + "\n".join(f"  {name:<8}{text}" for name, text in COMMANDS.items())
+        + "\n".join(f"  {name:<11}{c.text}" for name, c in COMMANDS.items())
         + "\n\n`mlcourse COMMAND --help` for a command's options."
     )
     if not argv or argv[0] in ("-h", "--help"):
@@ -411,13 +422,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"mlcourse {__version__}")
         return 0
-    if argv[0] not in HANDLERS:
+    if argv[0] not in COMMANDS:
         print(f"mlcourse: unknown command {argv[0]!r}\n\n{usage}", file=sys.stderr)
         return 2
     from mlcourse.options import OptionError
 
     try:
-        return HANDLERS[argv[0]](argv[1:])
+        return COMMANDS[argv[0]].run(argv[1:])
     except KeyboardInterrupt as err:
         if getattr(err, "signum", None):  # training.Interrupted: stopped at a signal, saved
             print(f"mlcourse {argv[0]}: {err}", file=sys.stderr)
