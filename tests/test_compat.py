@@ -30,6 +30,13 @@ _spec.loader.exec_module(compat)
 # What the package tests inside an environment leave out: they need the development extras
 # (JupyterLab and Playwright, Sphinx, nbgrader), which Colab does not have.
 NEEDS_DEV_EXTRAS = ("tests/test_browser.py", "tests/test_site.py", "tests/test_nbgrader.py")
+# And what a CUDA build of torch cannot pass: the grader's memory test gives the lesson's kernel
+# 3 GB of address space, and a lesson kernel that maps torch's CUDA libraries needs more
+# ("libtorch_cuda.so: failed to map segment"). PyPI's torch, which stands in for Colab's
+# 2.11.0+cpu and is the only torch 2.4 there is for Linux, is such a build.
+NEEDS_A_CPU_BUILD_OF_TORCH = (
+    "tests/test_grade_attacks.py::test_a_submission_cannot_exhaust_memory_or_fill_the_log",
+)
 
 
 def _pinned(env: str) -> dict[str, str]:
@@ -172,7 +179,7 @@ def test_the_environment_holds_its_pinned_versions(env, capsys):
     wrong = {
         name: (version, held.get(name))
         for name, version in _pinned(env).items()
-        if held.get(name) is None or Version(held[name]).release != Version(version).release
+        if held.get(name) is None or Version(Version(held[name]).public) != Version(version)
     }
     assert not wrong, f"{env}: pinned -> installed: {wrong}"
     assert "mlcourse" in held
@@ -195,11 +202,18 @@ def test_installing_the_course_on_colab_changes_none_of_colabs_packages(capsys):
     assert not set(names) & set(_pinned("colab")), "a package Colab has would be reinstalled"
     listed = ", ".join(f"{c['name']} {c['version']}" for c in changes)
     _say(capsys, f"colab: pip install --dry-run would install: {listed}")
+    # the same check on what the course asked for before (ipywidgets>=8) sees the upgrade
+    control = compat.dry_run("colab", "ipywidgets>=8")
+    assert [(c["name"], c["installed"]) for c in control if c["name"] == "ipywidgets"] == [
+        ("ipywidgets", _pinned("colab")["ipywidgets"])
+    ]
 
 
 @pytest.mark.compat
 def test_the_package_tests_pass(env, capsys):
     ignore = [f"--ignore={path}" for path in NEEDS_DEV_EXTRAS]
+    if any(name.startswith("nvidia-cuda-runtime") for name in compat.installed(env)):
+        ignore += [f"--deselect={test}" for test in NEEDS_A_CPU_BUILD_OF_TORCH]
     result, seconds = _run_in(env, ["-m", "pytest", "-q", "-p", "no:cacheprovider", *ignore])
     _say(capsys, f"{env}: package tests: {_summary(result)} ({seconds:.0f} s wall)")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]

@@ -39,12 +39,8 @@ ENVS = ("colab", "minimum")
 # What runs the tests inside each environment (not part of the course's own requirements).
 TEST_TOOLS = ("pytest", "nbval")
 PIP_QUIET = ("--quiet", "--disable-pip-version-check", "--progress-bar", "off")
-# What a first build of each took on a 2-core machine with a fast network (see README), so the
-# first run can say what it is doing and for how long.
-FIRST_BUILD = {
-    "colab": "downloads about 3 GB (torch with its CUDA libraries) and usually takes 3-5 min",
-    "minimum": "downloads about 3 GB (torch with its CUDA libraries) and usually takes 3-5 min",
-}
+# What a first build of each took here (2 cores, a fast network), so that it can say so.
+FIRST_BUILD = "about 5 GB on disk, PyTorch's CUDA libraries most of it; 2 to 5 minutes here"
 
 
 def canonical(name: str) -> str:
@@ -148,7 +144,7 @@ def build(env: str, log=print) -> Path:
     started = time.monotonic()
     log(
         f"compat: building the {env} environment in {folder.relative_to(ROOT)}/ (first time: "
-        f"{FIRST_BUILD[env]}) ..."
+        f"{FIRST_BUILD}) ..."
     )
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
