@@ -53,7 +53,7 @@ def test_versions_agree_between_conda_and_pip():
 def test_torch_is_loose_for_colab_and_pinned_for_ci():
     deps = pyproject()["project"]["dependencies"]
     torch_req = next(r for r in deps if _name(r) == "torch")
-    assert torch_req.replace(" ", "") == "torch>=2.4"
+    assert torch_req.replace(" ", "") == "torch>=2.5"
     pins = (ROOT / "constraints.txt").read_text()
     assert re.search(r"^torch==\d+\.\d+\.\d+$", pins, re.M)
     assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
