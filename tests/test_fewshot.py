@@ -487,6 +487,9 @@ def test_accuracy_ci95_takes_the_closed_unit_interval_in_float64():
     acc = torch.rand(600, generator=torch.Generator().manual_seed(1))  # float32
     values = acc.tolist()
     assert accuracy_ci95(acc)[0] == pytest.approx(100 * math.fsum(values) / 600, rel=1e-14)
+    # a list of Python floats keeps their double precision (never a float32 tensor on the way)
+    exact = torch.rand(600, generator=torch.Generator().manual_seed(2), dtype=F64).tolist()
+    assert accuracy_ci95(exact)[0] == pytest.approx(100 * math.fsum(exact) / 600, rel=1e-14)
 
 
 # ---------------------------------------------------------------------------------------------
