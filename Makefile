@@ -2,25 +2,34 @@
 # `make test` : set up (first time) and run every test, as CI does.
 # `make mutate`: mutation testing of the numerical core, module by module (not part of `make test`).
 # `make site` : build the course website in docs/_build/html (`make site FULL=1`: lessons in full mode).
+# `make compat`: the package tests and lessons at Colab's versions and at the oldest declared ones.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PIP_FLAGS ?= --quiet --disable-pip-version-check --progress-bar off
+# pip says only what went wrong (-qq): no progress bars, and none of setuptools' notes about
+# editable installs, which a newcomer would take for an error.
+PIP_FLAGS ?= -qq --disable-pip-version-check --progress-bar off
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 CHROMIUM := /usr/bin/chromium
 BWRAP    := /usr/bin/bwrap
 
-.PHONY: lab test test-full timings install lint format bench clean browser sandbox site mutate
+.PHONY: lab test test-full timings install lint format bench clean browser sandbox site mutate compat
 
 install: $(STAMP)
 
+# The first run (and any run after pyproject.toml or constraints.txt changed) sets up .venv.
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip
-	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	@echo "Setting up $(VENV)/: the course's package with PyTorch (CPU), JupyterLab and the test tools."
+	@echo "This happens once; it usually takes 1 to 3 minutes, most of it downloading PyTorch."
+	@start=$$(date +%s) && \
+	{ test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); } && \
+	$(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip && \
+	$(BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[dev]' && \
+	touch $(STAMP) && \
+	echo "Set up in $$(( $$(date +%s) - start )) s:" \
+	     "$$($(BIN)/python -c 'import mlcourse, torch; print("mlcourse", mlcourse.__version__, "with torch", torch.__version__)')."
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(ROOT_FLAG) --notebook-dir=notebooks
@@ -109,6 +118,18 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The course where instructors run it, in two environments beside .venv under build/compat/
+# (tools/compat.py): Colab's preinstalled versions (tests/colab-constraints.txt, ipywidgets 7)
+# and the oldest versions pyproject.toml declares. In each: the package tests and every lesson in
+# fast mode; in Colab's, `pip install --dry-run --report` of the course changes none of Colab's
+# packages (tests/test_compat.py). Not part of `make test`.
+compat: $(STAMP)
+	@echo "make compat: builds build/compat/colab and build/compat/minimum when they are missing or"
+	@echo "out of date (each about 5 GB, PyTorch's CUDA libraries most of it; 2 to 5 minutes), then"
+	@echo "runs the package tests and the lessons in both: about 40 minutes in all on 2 cores."
+	$(BIN)/python tools/compat.py
+	$(BIN)/python -m pytest -m compat -p no:cacheprovider tests/test_compat.py
 
 bench: $(STAMP)
 	$(BIN)/mlcourse bench maml-sine
