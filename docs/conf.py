@@ -78,10 +78,11 @@ extensions = [
 nitpicky = True
 nitpick_ignore_regex = [
     # No intersphinx inventory offline: names from other libraries cannot link.
-    (r"py:.*", r"(torch|numpy|np|matplotlib|gymnasium|ipywidgets|IPython|jupyter_client)(\..*)?"),
+    (r"py:.*", r"(torch|nn|numpy|np|matplotlib|gymnasium|ipywidgets|IPython)(\..*)?"),
+    (r"py:.*", r"jupyter_client(\..*)?"),
     (r"py:.*", r"(Tensor|Module|Generator|Figure|Axes|Env|VectorEnv|Space|ndarray|dtype|device)"),
     (r"py:.*", r"(pathlib\.)?Path|collections\.abc\..*|typing\..*|Callable|Iterable|Iterator"),
-    (r"py:.*", r"(argparse|os|io|subprocess|json|dataclasses)\..*"),
+    (r"py:.*", r"(abc|argparse|os|io|subprocess|json|dataclasses)\..*"),
     # Napoleon's "(optional int)" argument types; private base classes, which are not documented.
     (r"py:class", r"optional .*"),
     (r"py:class", r"mlcourse\..*\._\w+"),

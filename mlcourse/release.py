@@ -271,7 +271,7 @@ _COLAB_LINK = re.compile(
 
 def repo_of(root: str | Path = ".") -> str:
     """The GitHub repository (OWNER/NAME) the course at ``root`` names: the ``REPO`` line of its
-    ``mlcourse/course.py``, or this package's :data:`mlcourse.course.REPO` when it has none.
+    ``mlcourse/course.py``, or this package's ``mlcourse.course.REPO`` when it has none.
 
     Raises:
         ValueError: ``mlcourse/course.py`` has no ``REPO = "OWNER/NAME"`` line.

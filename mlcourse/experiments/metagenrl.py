@@ -71,8 +71,9 @@ class MetaGenRLConfig:
 
 class MetaGenRLLearner(Learner):
     """The population and the learned objective (the learner type of
-    :mod:`mlcourse.learner`: one ``step`` is one environment step of every agent, with the
-    updates TD3 makes after it and, every ``policy_delay`` steps, an objective update)."""
+    :mod:`mlcourse.experiments.learner`: one ``step`` is one environment step of every agent,
+    with the updates TD3 makes after it and, every ``policy_delay`` steps, an objective
+    update)."""
 
     CONFIG = MetaGenRLConfig
     FITS = "the same --objective-hidden widths"

@@ -122,7 +122,7 @@ DESCRIPTIONS = {
 
 class NavLearner(Learner):
     """Policy, optimizer and generators of one 2D-navigation run (the learner type of
-    :mod:`mlcourse.learner`).
+    :mod:`mlcourse.experiments.learner`).
 
     Args:
         config: the run's :class:`NavConfig`.
@@ -345,7 +345,8 @@ def evaluate_learner(
 ) -> dict:
     """The MAML paper's protocol on ``num_goals`` held-out goals: the average return after
     0, 1, ..., ``inner_steps`` policy-gradient steps, the first of size ``config.inner_lr``,
-    the later ones of ``later_inner_lr`` (default: half of it, see :func:`evaluate`).
+    the later ones of ``later_inner_lr`` (default: half of it, see
+    :func:`mlcourse.maml_rl.evaluate`).
 
     With ``untrained``, the same protocol from the run's *initial* parameters (the random
     initialisation baseline)."""

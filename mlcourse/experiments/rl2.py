@@ -45,10 +45,10 @@ DESCRIPTIONS = {
 
 class RL2Learner(Learner):
     """Policy, optimizer, environments and generators of one RL² run (the learner type of
-    :mod:`mlcourse.learner`).
+    :mod:`mlcourse.experiments.learner`).
 
     Args:
-        config: the run's :class:`RL2Config`.
+        config: the run's :class:`mlcourse.rl2.RL2Config`.
         device: where the policy and the environments live.
     """
 
