@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mlcourse import fewshot
-from mlcourse.experiments.learner import Learner, Weights
+from mlcourse.experiments.learner import Learner, Weights, loaded
 from mlcourse.maml import params_of
 from mlcourse.models import NORMS, Conv4
 from mlcourse.options import check_config, nonnegative_int, option, positive_int
@@ -222,8 +222,7 @@ class CharsLearner(Learner):
             hidden_channels=config.hidden_channels,
             norm=config.norm,
         )
-        model.load_state_dict(weights["model"])
-        return model.to(device).eval() if device is not None else model.eval()
+        return loaded(model, weights["model"], device)
 
     @staticmethod
     def add_eval_args(parser: argparse.ArgumentParser, defaults: Mapping) -> None:

@@ -122,6 +122,13 @@ class Learner(abc.ABC):
         """The figures of the trained learner under the ``eval`` options."""
 
 
+def loaded(module: torch.nn.Module, state: Mapping[str, Tensor], device=None) -> torch.nn.Module:
+    """``module`` holding ``state``, in eval mode, on ``device`` (where it is, if None): what
+    :meth:`Learner.network` returns."""
+    module.load_state_dict(state)
+    return (module.to(device) if device is not None else module).eval()
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One named recipe: ``mlcourse train NAME`` and ``mlcourse eval NAME``.

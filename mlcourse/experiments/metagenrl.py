@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mlcourse.experiments.learner import Learner, Weights
+from mlcourse.experiments.learner import Learner, Weights, loaded
 from mlcourse.metagenrl import (
     ENVS,
     Agent,
@@ -179,9 +179,7 @@ class MetaGenRLLearner(Learner):
     def network(cls, config: MetaGenRLConfig, weights: Weights, device=None) -> LearnedObjective:
         """The learned objective, frozen (no parameter requires grad)."""
         objective = LearnedObjective(parse_widths(config.objective_hidden))
-        objective.load_state_dict(weights["objective"])
-        objective.requires_grad_(False).eval()
-        return objective.to(device) if device is not None else objective
+        return loaded(objective, weights["objective"], device).requires_grad_(False)
 
     @staticmethod
     def add_eval_args(parser: argparse.ArgumentParser, defaults: Mapping) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mlcourse.experiments.learner import Learner, Weights
+from mlcourse.experiments.learner import Learner, Weights, loaded
 from mlcourse.maml_rl import (
     ESTIMATORS,
     EVAL_SEED,
@@ -287,8 +287,7 @@ class NavLearner(Learner):
     @classmethod
     def network(cls, config: NavConfig, weights: Weights, device=None) -> GaussianMLPPolicy:
         policy = GaussianMLPPolicy(2, 2, config.hidden_sizes)
-        policy.load_state_dict(weights["policy"])
-        return policy.to(device).eval() if device is not None else policy.eval()
+        return loaded(policy, weights["policy"], device)
 
     @staticmethod
     def add_eval_args(parser: argparse.ArgumentParser, defaults: Mapping) -> None:

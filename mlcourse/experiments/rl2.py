@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from mlcourse.experiments.learner import Learner, Weights
+from mlcourse.experiments.learner import Learner, Weights, loaded
 from mlcourse.options import positive_int
 from mlcourse.rl2 import (
     EVAL_SEED,
@@ -147,8 +147,7 @@ class RL2Learner(Learner):
         policy = RL2Policy(
             config.obs_size, config.action_size, config.hidden_size, config.task_size
         )
-        policy.load_state_dict(weights["policy"])
-        return policy.to(device).eval() if device is not None else policy.eval()
+        return loaded(policy, weights["policy"], device)
 
     @staticmethod
     def add_eval_args(parser: argparse.ArgumentParser, defaults: Mapping) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from mlcourse import cavia
-from mlcourse.experiments.learner import Learner, Weights
+from mlcourse.experiments.learner import Learner, Weights, loaded
 from mlcourse.maml import adapt, compile_meta_loss, meta_loss, params_of
 from mlcourse.metasgd import init_inner_lrs
 from mlcourse.models import MLP
@@ -257,8 +257,7 @@ class SineLearner(Learner):
     @classmethod
     def network(cls, config: SineConfig, weights: Weights, device=None) -> nn.Module:
         model = _model(config)
-        model.load_state_dict(weights["model"])
-        return model.to(device).eval() if device is not None else model.eval()
+        return loaded(model, weights["model"], device)
 
     @staticmethod
     def add_eval_args(parser: argparse.ArgumentParser, defaults: Mapping) -> None:
