@@ -40,6 +40,7 @@ from torch.func import functional_call
 
 from mlcourse import fewshot, maml
 from mlcourse.envs import BernoulliBanditVectorEnv
+from mlcourse.envs.bandit import bernoulli_rewards, draw_bandits
 from mlcourse.models import MLP, Conv4
 from mlcourse.profiling import saved_tensor_bytes
 from mlcourse.rl.bandits import bandit_baselines
@@ -47,7 +48,6 @@ from mlcourse.rl.dice import magic_box, reinforce_surrogate
 from mlcourse.rl.returns import discounted_returns
 from mlcourse.rl2 import RL2Policy, run_trials
 from mlcourse.tasks import ProceduralCharacters, Sinusoid, TaskBatch
-from mlcourse.training import make_adam
 
 Params = dict[str, Tensor]
 
@@ -64,11 +64,13 @@ __all__ = [
     "ProtoNetCharacters",
     "Run",
     "SineFamily",
+    "SoftmaxBandit",
     "bandit_inner_step",
     "bandit_baseline_rows",
     "bandit_maml_objective",
     "compare",
     "format_table",
+    "held_out_report",
     "sine_baseline_rows",
     "outer_loop",
     "outer_step",
@@ -127,7 +129,9 @@ class BanditTasks:
 
 @dataclass(frozen=True)
 class BanditFamily:
-    """k-armed Bernoulli bandits with U[0, 1] arms (lesson 05), as a task family.
+    """k-armed Bernoulli bandits with U[0, 1] arms (lesson 05), as a task family: the bandits
+    and rewards of :class:`mlcourse.envs.BernoulliBanditVectorEnv`, drawn by the same functions
+    (:func:`mlcourse.envs.bandit.draw_bandits`, :func:`mlcourse.envs.bandit.bernoulli_rewards`).
 
     Args:
         num_arms: k.
@@ -156,7 +160,7 @@ class BanditFamily:
         """``meta_batch_size`` bandits, each arm's probability drawn U[0, 1]."""
         if meta_batch_size < 1:
             raise ValueError(f"meta_batch_size must be at least 1, got {meta_batch_size}")
-        probs = _rand(meta_batch_size, self.num_arms, generator=generator, device=device)
+        probs = draw_bandits(meta_batch_size, self.num_arms, generator, device)
         return BanditTasks(probs=probs, num_pulls=self.num_pulls)
 
     @staticmethod
@@ -176,10 +180,7 @@ class BanditFamily:
                 f"actions has shape {tuple(actions.shape)}; expected (num_tasks={tasks.num_tasks}"
                 ", m): one row of pulled arms per bandit"
             )
-        p = tasks.probs.gather(1, actions)
-        return (_rand(*p.shape, generator=generator, device=p.device, dtype=p.dtype) < p).to(
-            p.dtype
-        )
+        return bernoulli_rewards(tasks.probs.gather(1, actions), generator)
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,11 @@ class MetaLearner(Protocol):
         """``{"curve": {amount of task data: quality}, "final": quality, "metric": str}``."""
         ...
 
+    def network(self) -> nn.Module:
+        """A module whose parameters have the names and shapes of ``params`` (what a trained
+        run's ``network()`` loads them into); only ``mlcourse train`` runs need it."""
+        ...
+
 
 @dataclass
 class Run:
@@ -320,7 +326,9 @@ def outer_loop(
 
     Each step samples ``meta_batch_size`` tasks from ``family``, and calls :func:`outer_step`
     (Adam on the learner's meta-loss). Nothing in it knows whether the tasks are regression
-    problems or bandits: that lives in the family and in the learner's inner loop.
+    problems or bandits: that lives in the family and in the learner's inner loop. The step is
+    that of :class:`mlcourse.experiments.unified.OuterLoopLearner`, the learner that
+    ``mlcourse train unified-ROW`` trains with checkpoints: this loop runs it in memory.
 
     Args:
         learner: a :class:`MetaLearner` whose ``kind`` matches ``family.kind``.
@@ -345,29 +353,25 @@ def outer_loop(
         >>> len(run.losses), sorted(run.params)
         (3, ['log_inner_lr', 'logits'])
     """
-    if getattr(learner, "kind", None) != getattr(family, "kind", None):
-        raise TypeError(
-            f"{type(learner).__name__} meta-learns {getattr(learner, 'kind', '?')} tasks but "
-            f"{type(family).__name__} samples {getattr(family, 'kind', '?')} tasks: pair each "
-            "learner with a family of its kind"
-        )
-    for name, value in (("steps", steps), ("meta_batch_size", meta_batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if params is None:
-        params = learner.init_params(generator, device)
-    if device is None:
-        device = next(iter(params.values())).device
-    optimizer = make_adam(params.values(), lr=meta_lr)
+    # the experiment layer imports this module, so its learner is imported here
+    from mlcourse.experiments.unified import OuterLoopLearner
+
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    runner = OuterLoopLearner.of(
+        learner,
+        family,
+        meta_batch_size=meta_batch_size,
+        meta_lr=meta_lr,
+        generator=generator,
+        params=params,
+        device=device,
+        max_grad_norm=max_grad_norm,
+    )
     losses: list[float] = []
     start = time.perf_counter()
     for step in range(steps):
-        tasks = family.sample(meta_batch_size, generator, device)
-        losses.append(
-            outer_step(learner, params, optimizer, tasks, generator, max_grad_norm=max_grad_norm)
-            .cpu()
-            .item()
-        )
+        losses.append(runner.step(step).cpu().item())
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(
                 f"the meta-loss of {learner.name} became {losses[-1]} at step {step}: lower "
@@ -376,7 +380,7 @@ def outer_loop(
         if log_every and (step + 1) % log_every == 0:
             recent = losses[-log_every:]
             log(f"{learner.name} step {step + 1}: meta-loss {sum(recent) / len(recent):.4f}")
-    return Run(params=params, losses=losses, seconds=time.perf_counter() - start)
+    return Run(params=runner.params, losses=losses, seconds=time.perf_counter() - start)
 
 
 def _module_params(module: nn.Module, generator, device) -> Params:
@@ -425,6 +429,9 @@ class MAMLSine:
 
     def init_params(self, generator, device=None) -> Params:
         return _module_params(self.model, generator, device)
+
+    def network(self) -> nn.Module:
+        return self.model
 
     def meta_loss(self, params, tasks, generator=None) -> Tensor:
         _check_kind(tasks, TaskBatch, self.name)
@@ -551,6 +558,25 @@ def _sample_arms(logits: Tensor, num_tasks: int, m: int, generator) -> Tensor:
     return torch.searchsorted(cdf, u * cdf[-1]).clamp(max=logits.shape[0] - 1)
 
 
+class SoftmaxBandit(nn.Module):
+    """:class:`MAMLBandit`'s meta-parameters as a module: ``logits`` θ of the initial softmax
+    policy over the arms and ``log_inner_lr``, log α. ``forward()`` gives the policy's arm
+    probabilities.
+
+    Example:
+        >>> SoftmaxBandit(num_arms=4)().tolist()
+        [0.25, 0.25, 0.25, 0.25]
+    """
+
+    def __init__(self, num_arms: int = 5, inner_lr: float = 1.0):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(num_arms))
+        self.log_inner_lr = nn.Parameter(torch.tensor(math.log(inner_lr)))
+
+    def forward(self) -> Tensor:
+        return torch.softmax(self.logits, -1)
+
+
 @dataclass
 class MAMLBandit:
     """MAML on Bernoulli bandits: a softmax policy over the arms, adapted by one
@@ -580,6 +606,9 @@ class MAMLBandit:
         logits = torch.zeros(self.num_arms, device=device)
         log_lr = torch.tensor(math.log(self.inner_lr), device=device)
         return {"logits": logits.requires_grad_(), "log_inner_lr": log_lr.requires_grad_()}
+
+    def network(self) -> nn.Module:
+        return SoftmaxBandit(self.num_arms, self.inner_lr)
 
     def _objective(self, params, tasks, generator, m: int) -> Tensor:
         _check_kind(tasks, BanditTasks, self.name)
@@ -673,6 +702,9 @@ class BlackBoxBandit:
 
     def init_params(self, generator, device=None) -> Params:
         return _module_params(self.policy, generator, device)
+
+    def network(self) -> nn.Module:
+        return self.policy
 
     def play(self, params, tasks, generator, *, greedy: bool = False):
         """One trial in each bandit of ``tasks`` (hidden states start at zero), no gradient;
@@ -809,6 +841,9 @@ class BlackBoxSine:
     def init_params(self, generator, device=None) -> Params:
         return _module_params(self.model, generator, device)
 
+    def network(self) -> nn.Module:
+        return self.model
+
     def meta_loss(self, params, tasks, generator=None) -> Tensor:
         """Query MSE after each prefix of the support set, averaged over prefixes and tasks."""
         pred = self._prefixes(params, tasks)  # (T, K, Q, 1)
@@ -857,6 +892,9 @@ class ProtoNetCharacters:
     def init_params(self, generator, device=None) -> Params:
         return _module_params(self.model, generator, device)
 
+    def network(self) -> nn.Module:
+        return self.model
+
     def meta_loss(self, params, tasks, generator=None) -> Tensor:
         _check_kind(tasks, TaskBatch, self.name)
         return fewshot.protonet_loss(_WithParams(self.model, params), tasks)[0]
@@ -890,6 +928,16 @@ APPROACH = {
     BlackBoxBandit: "black-box",
     ProtoNetCharacters: "metric",
 }
+
+
+def held_out_report(
+    learner: MetaLearner, params: Params, family, eval_tasks: int = 1000, device=None
+) -> dict:
+    """``learner.evaluate`` on ``eval_tasks`` held-out tasks of ``family``, drawn with
+    :data:`EVAL_SEED`: the tasks of every row of lesson 09's table."""
+    eval_gen = torch.Generator().manual_seed(EVAL_SEED)
+    held_out = family.sample(eval_tasks, eval_gen, device)
+    return learner.evaluate(params, held_out, eval_gen)
 
 
 def compare(
@@ -929,9 +977,7 @@ def compare(
     )
     tasks = family.sample(meta_batch_size, generator, device)
     saved = saved_tensor_bytes(lambda: learner.meta_loss(run.params, tasks, generator))
-    eval_gen = torch.Generator().manual_seed(EVAL_SEED)
-    held_out = (eval_family or family).sample(eval_tasks, eval_gen, device)
-    report = learner.evaluate(run.params, held_out, eval_gen)
+    report = held_out_report(learner, run.params, eval_family or family, eval_tasks, device)
     return {
         "method": learner.name,
         "approach": APPROACH.get(type(learner), "?"),

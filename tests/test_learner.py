@@ -15,7 +15,7 @@ SMALL_SINE = {"steps": 2, "meta_batch_size": 2, "hidden": "8,8", "log_every": 1}
 
 
 def test_every_experiment_is_a_learner_with_its_config_description_and_eval_options():
-    assert len(experiments.EXPERIMENTS) == 18
+    assert len(experiments.EXPERIMENTS) == 23
     for name, exp in experiments.EXPERIMENTS.items():
         assert isinstance(exp, Experiment) and exp.name == name
         assert issubclass(exp.learner, Learner) and exp.config_cls is exp.learner.CONFIG

@@ -4,13 +4,17 @@ tasks, clear errors, and a seeded budget that lowers each meta-loss."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import math
 
 import pytest
 import torch
 
+from mlcourse import experiments
 from mlcourse import unified as R
+from mlcourse.envs import BernoulliBanditVectorEnv
+from mlcourse.experiments.unified import ROWS, OuterLoopLearner
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -269,3 +273,98 @@ def test_compare_reports_every_column():
     assert set(row["curve"]) == {1, 5, 9} and 0 <= row["final"] <= 1
     assert row["num_params"] == 6 and row["saved_bytes"] > 0 and row["train_seconds"] > 0
     assert "MAML" in R.format_table([row])
+
+
+# ---------------------------------------------------------------------------------------------
+# One learner type: `mlcourse train unified-ROW` and outer_loop drive the same Learner
+
+SMALL = {"steps": 3, "meta_batch_size": 2, "log_every": 1}
+
+
+def _train(tmp_path, name, **overrides):
+    out = tmp_path / name
+    experiments.run_training(name, out, overrides={**SMALL, **overrides}, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("row", sorted(ROWS))
+def test_mlcourse_train_and_eval_reproduce_compare(tmp_path, row):
+    """The CLI's run, evaluated on the lesson's held-out tasks, is the lesson's row: the same
+    parameters (same generator draws in the same order), the same tasks, the same figures."""
+    name = f"unified-{row}"
+    out = _train(tmp_path, name)
+    opts = argparse.Namespace(eval_tasks=4)
+    figures = experiments.run_evaluation(name, out, opts)
+    config = experiments.make_config(
+        experiments.get(name).config_cls, {**experiments.get(name).defaults, **SMALL}
+    )
+    learner, family, eval_family = ROWS[row]()
+    lesson = R.compare(
+        learner, family, steps=3, meta_batch_size=2, meta_lr=config.meta_lr,
+        max_grad_norm=config.max_grad_norm or None, eval_family=eval_family, eval_tasks=4,
+    )  # fmt: skip
+    assert figures["curve"] == lesson["curve"] and figures["final"] == lesson["final"]
+    assert figures["row"] == row and figures["trained_steps"] == 3
+    # the trained network alone holds the run's parameters
+    weights = torch.load(out / "checkpoint.pt", weights_only=True)["learner"]["params"]
+    network = OuterLoopLearner.network(config, {"params": weights})
+    assert not network.training
+    assert dict(network.named_parameters()).keys() == weights.keys()
+    for key, tensor in network.named_parameters():
+        assert torch.equal(tensor.detach(), weights[key]), key
+        torch.testing.assert_close(tensor, lesson["params"][key].detach())
+
+
+@pytest.mark.parametrize("name", ["unified-maml-bandit", "unified-blackbox-bandit"])
+def test_a_resumed_run_continues_as_the_outer_loop_does(tmp_path, name):
+    out = _train(tmp_path, name, steps=2)
+    experiments.run_training(name, out, overrides={"steps": 5}, resume=True, progress=False)
+    row = experiments.get(name).defaults
+    learner, family, _ = ROWS[row["row"]]()
+    run = R.outer_loop(
+        learner, family, steps=5, meta_batch_size=2, meta_lr=row["meta_lr"], generator=_gen(),
+        max_grad_norm=row.get("max_grad_norm"),
+    )  # fmt: skip
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["learner"]["params"]
+    assert saved.keys() == run.params.keys()
+    for key, tensor in saved.items():
+        assert torch.equal(tensor, run.params[key].detach()), key
+
+
+def test_the_outer_loop_learner_checks_what_it_is_given():
+    with pytest.raises(ValueError, match="meta_batch_size must be a positive int"):
+        R.outer_loop(
+            R.MAMLBandit(), R.BanditFamily(), steps=1, meta_batch_size=0, meta_lr=0.1,
+            generator=_gen(),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        R.outer_loop(
+            R.MAMLBandit(), R.BanditFamily(), steps=0, meta_batch_size=2, meta_lr=0.1,
+            generator=_gen(),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="row"):
+        experiments.run_training("unified-maml-bandit", "unused", overrides={"row": "maml-mdp"})
+
+
+def test_the_family_samples_the_bandits_and_rewards_of_the_vector_env():
+    """One sampler for the bandit family: lesson 09's tasks are the environment's."""
+    tasks = R.BanditFamily(num_arms=4).sample(6, _gen(3))
+    envs = BernoulliBanditVectorEnv(6, num_arms=4, num_pulls=10)
+    _, info = envs.reset(seed=3)
+    assert torch.equal(tasks.probs, info["probs"])
+    actions = torch.tensor([0, 1, 2, 3, 0, 1])
+    _, rewards, *_ = envs.step(actions)
+    generator = _gen(3)
+    R.BanditFamily(num_arms=4).sample(6, generator)  # the env draws its bandits first, too
+    assert torch.equal(R.BanditFamily.pull(tasks, actions[:, None], generator)[:, 0], rewards)
+
+
+def test_softmax_bandit_holds_maml_bandits_parameters():
+    learner = R.MAMLBandit(num_arms=3, inner_lr=0.5)
+    module = learner.network()
+    params = learner.init_params()
+    assert {k: v.shape for k, v in module.state_dict().items()} == {
+        k: v.shape for k, v in params.items()
+    }
+    torch.testing.assert_close(module.log_inner_lr.detach(), params["log_inner_lr"].detach())
+    torch.testing.assert_close(module(), torch.full((3,), 1 / 3))

@@ -25,6 +25,35 @@ from torch import Tensor
 from mlcourse.envs._common import as_actions, positive_sizes, seeded_generator
 
 
+def draw_bandits(count: int, num_arms: int, generator=None, device=None) -> Tensor:
+    """``(count, num_arms)`` success probabilities, each U[0, 1]: ``count`` bandits of the task
+    family. Drawn from ``generator`` on its own device, then moved to ``device``, so a seeded
+    CPU generator gives the same bandits on every device. The one sampler of the family: the
+    vector environment and lesson 09's :class:`mlcourse.unified.BanditFamily` both use it.
+
+    Example:
+        >>> draw_bandits(2, 3, torch.Generator().manual_seed(0)).shape
+        torch.Size([2, 3])
+    """
+    draw_device = generator.device if generator is not None else device
+    probs = torch.rand(count, num_arms, generator=generator, device=draw_device)
+    return probs.to(device) if device is not None else probs
+
+
+def bernoulli_rewards(p: Tensor, generator=None) -> Tensor:
+    """Rewards of pulls whose arms succeed with probabilities ``p`` (any shape): 1 with
+    probability ``p``, else 0, in ``p``'s dtype and on its device. The uniform numbers come
+    from ``generator`` on its own device.
+
+    Example:
+        >>> bernoulli_rewards(torch.tensor([0.0, 1.0])).tolist()
+        [0.0, 1.0]
+    """
+    draw_device = generator.device if generator is not None else p.device
+    u = torch.rand(p.shape, generator=generator, device=draw_device, dtype=p.dtype)
+    return (u.to(p.device) < p).to(p.dtype)
+
+
 def _check_probs(probs, shape: tuple[int, ...]) -> None:
     if tuple(probs.shape) != shape:
         raise ValueError(
@@ -153,7 +182,7 @@ class BernoulliBanditVectorEnv(VectorEnv):
         self._ended = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
 
     def _draw(self, count: int) -> Tensor:
-        return torch.rand(count, self.num_arms, generator=self.generator, device=self.device)
+        return draw_bandits(count, self.num_arms, self.generator, self.device)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
@@ -179,8 +208,7 @@ class BernoulliBanditVectorEnv(VectorEnv):
             self.probs[restart] = self._draw(int(restart.sum()))
             self.pulls[restart] = 0
         p = self.probs.gather(1, actions[:, None]).squeeze(1)
-        u = torch.rand(self.num_envs, generator=self.generator, device=self.device)
-        reward = torch.where(restart, 0.0, (u < p).float())
+        reward = torch.where(restart, 0.0, bernoulli_rewards(p, self.generator))
         self.pulls += (~restart).long()
         terminated = (self.pulls == self.num_pulls) & ~restart
         self._ended = terminated

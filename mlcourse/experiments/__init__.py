@@ -1,10 +1,11 @@
 """The experiment layer: the registry behind ``mlcourse train`` and ``mlcourse eval``.
 
-Each family module of this package (``sine``, ``chars``, ``rl2``, ``nav``, ``metagenrl``)
-declares its recipes (``EXPERIMENTS``: name → config values), their ``DESCRIPTIONS`` and a
-:class:`~mlcourse.experiments.learner.Learner` subclass that does the rest (the config it takes,
-the ``eval`` options, the evaluation), so the registry is one loop. The algorithms they train
-are the top-level modules (:mod:`mlcourse.maml`, :mod:`mlcourse.rl2`, ...).
+Each family module of this package (``sine``, ``chars``, ``rl2``, ``nav``, ``metagenrl``,
+``unified``) declares its recipes (``EXPERIMENTS``: name → config values), their
+``DESCRIPTIONS`` and a :class:`~mlcourse.experiments.learner.Learner` subclass that does the
+rest (the config it takes, the ``eval`` options, the evaluation), so the registry is one loop.
+The algorithms they train are the top-level modules (:mod:`mlcourse.maml`, :mod:`mlcourse.rl2`,
+...).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from mlcourse import pretrained
-from mlcourse.experiments import chars, metagenrl, nav, rl2, sine
+from mlcourse.experiments import chars, metagenrl, nav, rl2, sine, unified
 from mlcourse.experiments.learner import Experiment, Learner, experiments_of
 from mlcourse.training import load_checkpoint, make_config, resolve_device, saved_run, train
 
@@ -27,6 +28,7 @@ FAMILIES = (
     (rl2, rl2.RL2Learner),
     (nav, nav.NavLearner),
     (metagenrl, metagenrl.MetaGenRLLearner),
+    (unified, unified.OuterLoopLearner),
 )
 
 EXPERIMENTS: dict[str, Experiment] = {}
