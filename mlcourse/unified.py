@@ -39,8 +39,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mlcourse import fewshot, maml
-from mlcourse.envs import BernoulliBanditVectorEnv
-from mlcourse.envs.bandit import bernoulli_rewards, draw_bandits
+from mlcourse.envs import BernoulliBanditVectorEnv, bernoulli_rewards, draw_bandits
 from mlcourse.models import MLP, Conv4
 from mlcourse.profiling import saved_tensor_bytes
 from mlcourse.rl.bandits import bandit_baselines
@@ -131,7 +130,7 @@ class BanditTasks:
 class BanditFamily:
     """k-armed Bernoulli bandits with U[0, 1] arms (lesson 05), as a task family: the bandits
     and rewards of :class:`mlcourse.envs.BernoulliBanditVectorEnv`, drawn by the same functions
-    (:func:`mlcourse.envs.bandit.draw_bandits`, :func:`mlcourse.envs.bandit.bernoulli_rewards`).
+    (:func:`mlcourse.envs.draw_bandits`, :func:`mlcourse.envs.bernoulli_rewards`).
 
     Args:
         num_arms: k.

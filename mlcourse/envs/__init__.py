@@ -22,7 +22,12 @@ Example:
 
 import gymnasium as gym
 
-from mlcourse.envs.bandit import BernoulliBanditEnv, BernoulliBanditVectorEnv
+from mlcourse.envs.bandit import (
+    BernoulliBanditEnv,
+    BernoulliBanditVectorEnv,
+    bernoulli_rewards,
+    draw_bandits,
+)
 from mlcourse.envs.classic import MountainCarContinuousVectorEnv, PendulumVectorEnv
 from mlcourse.envs.navigation import Navigation2DEnv, Navigation2DVectorEnv
 from mlcourse.envs.tabular_mdp import TabularMDPEnv, TabularMDPVectorEnv
@@ -47,4 +52,6 @@ __all__ = [
     "TabularMDPEnv",
     "PendulumVectorEnv",
     "TabularMDPVectorEnv",
+    "bernoulli_rewards",
+    "draw_bandits",
 ]

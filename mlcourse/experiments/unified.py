@@ -1,13 +1,14 @@
-"""Lesson 09's meta-learners as experiments: the one outer loop is a :class:`Learner`.
+"""Lesson 09's meta-learners as experiments: its one outer loop as a learner.
 
-:class:`OuterLoopLearner` runs :func:`mlcourse.unified.outer_step` for any meta-learner and task
-family of :mod:`mlcourse.unified`. Two loops drive that same learner:
+:class:`OuterLoopLearner`, a :class:`~mlcourse.experiments.learner.Learner`, runs
+:func:`mlcourse.unified.outer_step` for any meta-learner and task family of
+:mod:`mlcourse.unified`. Two loops drive that same learner:
 
 - :func:`mlcourse.unified.outer_loop`, in memory, for lesson 09's cells (a learner built with
   :meth:`OuterLoopLearner.of` from the objects the lesson made);
 - :func:`mlcourse.training.train`, with checkpoints, resumption and logs, for
   ``mlcourse train unified-ROW`` (a learner built from a :class:`UnifiedConfig` that names one
-  row of the lesson's table, :data:`ROWS`).
+  row of the lesson's table, ``ROWS``).
 
 With the same seed and budget both give the same parameters, and ``mlcourse eval unified-ROW``
 measures them on the held-out tasks of :func:`mlcourse.unified.compare`, so it reproduces the
