@@ -27,6 +27,7 @@ FAST = os.environ.get("MLCOURSE_FAST", "1") == "1"
 os.environ["MLCOURSE_FAST"] = "1" if FAST else "0"  # the kernels inherit it
 
 import mlcourse  # noqa: E402
+import mlcourse.course  # noqa: E402
 
 # -- Project ------------------------------------------------------------------------------------
 
@@ -35,9 +36,9 @@ author = "The mlcourse authors"
 copyright = "the mlcourse authors, MIT licence"
 release = version = mlcourse.__version__
 
-REPOSITORY = "https://github.com/meta-learning-course/mlcourse"
-BRANCH = "main"
-COLAB = "https://colab.research.google.com/github/meta-learning-course/mlcourse/blob/main"
+# the address `mlcourse release --repo OWNER/NAME` moves, so that a fork's site points to the fork
+REPOSITORY, BRANCH = mlcourse.course.REPO_URL, mlcourse.course.BRANCH
+COLAB = mlcourse.course.colab_url("").rstrip("/")
 
 root_doc = "docs/index"
 include_patterns = [

@@ -18,13 +18,15 @@ from pathlib import Path
 import pytest
 from chromium import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
+from mlcourse import course
+
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "docs" / "_build" / "html"
 SCREENSHOTS = ROOT / "docs" / "_build" / "screenshots"
 LESSONS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXERCISES = sorted(p.stem for p in (ROOT / "exercises").glob("[0-9][0-9]_*.ipynb"))
-REPOSITORY = "https://github.com/meta-learning-course/mlcourse/blob/main"
-COLAB = "https://colab.research.google.com/github/meta-learning-course/mlcourse/blob/main"
+REPOSITORY = f"{course.REPO_URL}/blob/{course.BRANCH}"
+COLAB = course.colab_url("").rstrip("/")
 REMOTE = re.compile(r"^(https?:)?//", re.I)
 
 
