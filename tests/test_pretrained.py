@@ -3,6 +3,7 @@ trainable from by name, and each still scoring the report figure it is shipped f
 
 import dataclasses
 import json
+import shutil
 from importlib.resources import files
 
 import pytest
@@ -128,3 +129,31 @@ def test_each_shipped_agent_scores_its_report_figure(name, capsys):
     result = one_json(capsys.readouterr().out)
     measured = figure.measured(result)
     assert _close(measured, figure.value, figure.tolerance), (measured, figure.value)
+
+
+def test_export_counts_every_stage_of_a_run_trained_in_stages(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # --init-from records the paths as given
+    small = {"meta_batch_size": 2, "hidden": "8,8", "log_every": 1}
+    experiments.run_training("maml-sine", "a", overrides={**small, "steps": 2}, progress=False)
+    for out, before, steps in (("b", "a", 3), ("c", "b", 1)):
+        experiments.run_training(
+            "maml-sine", out, overrides={**small, "steps": steps}, init_from=before,
+            progress=False,
+        )  # fmt: skip
+    runs = [load_checkpoint(run, "cpu") for run in "abc"]
+    info = pretrained.export("c", "agent.pt", note="three stages")
+    assert info["steps"] == 6 == torch.load("agent.pt", weights_only=True)["steps"]
+    assert info["seconds"] == round(sum(r["seconds"] for r in runs), 1)
+    shutil.rmtree("a")
+    with pytest.raises(FileNotFoundError, match="the run this one continued, a, is not there"):
+        pretrained.export("c", "agent.pt", note="three stages")
+
+
+def test_export_adds_the_shipped_agent_a_run_started_from(tmp_path):
+    shipped = pretrained.load("fomaml-rl-nav")
+    experiments.run_training(
+        "fomaml-rl-nav", tmp_path / "ft", init_from="fomaml-rl-nav", max_seconds=0,
+        progress=False,
+    )  # fmt: skip
+    info = pretrained.export(tmp_path / "ft", tmp_path / "agent.pt", note="test")
+    assert info["steps"] == shipped.steps

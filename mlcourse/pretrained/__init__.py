@@ -197,20 +197,42 @@ def _shipped_experiment(name: str) -> str:
         return safe_load(path, "cpu")["experiment"]
 
 
+def _training_so_far(state: dict) -> tuple[int, float]:
+    """Iterations and seconds of a run together with the runs it continued (``--init-from``,
+    followed back through their checkpoints, or a shipped agent's own totals)."""
+    steps, seconds, origin = state["step"], state["seconds"], state.get("init_from")
+    while origin is not None:
+        if "shipped" in origin:
+            agent = load(origin["shipped"])
+            return steps + agent.steps, seconds + agent.seconds
+        if not Path(origin["run"]).is_dir():
+            raise FileNotFoundError(
+                f"the run this one continued, {origin['run']}, is not there: export from the "
+                "folder the runs were trained in, so that every stage's iterations are counted"
+            )
+        earlier = load_checkpoint(origin["run"], "cpu")
+        steps, seconds = steps + earlier["step"], seconds + earlier["seconds"]
+        origin = earlier.get("init_from")
+    return steps, seconds
+
+
 def export(run: str | Path, path: str | Path, note: str) -> dict:
     """Writes the weights of a finished run (``mlcourse train ... --out RUN``) as a shipped
     file: its experiment, config, weights (not the optimizer, environments or buffers), and
     ``note``, how it was trained. Add its figure to ``index.json`` beside it to ship it.
-    Returns what was written, without the weights."""
+
+    A run that continued others (``--init-from``, stage after stage) is recorded with the
+    iterations and seconds of every stage. Returns what was written, without the weights."""
     state = load_checkpoint(run, "cpu")
     spec = _experiment(state["experiment"])
     learner = spec.learner(make_config(spec.config_cls, state["config"]), torch.device("cpu"))
     learner.load_weights(state["learner"], source=str(run))
+    steps, seconds = _training_so_far(state)
     info = {
         "experiment": state["experiment"],
         "config": state["config"],
-        "steps": state["step"],
-        "seconds": round(state["seconds"], 1),
+        "steps": steps,
+        "seconds": round(seconds, 1),
         "note": note,
     }
     weights = {part: {k: v.clone() for k, v in t.items()} for part, t in learner.weights().items()}
