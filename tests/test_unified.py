@@ -368,3 +368,12 @@ def test_softmax_bandit_holds_maml_bandits_parameters():
     }
     torch.testing.assert_close(module.log_inner_lr.detach(), params["log_inner_lr"].detach())
     torch.testing.assert_close(module(), torch.full((3,), 1 / 3))
+
+
+def test_a_learner_built_from_the_lessons_objects_evaluates_on_its_family():
+    learner, family = R.MAMLBandit(), R.BanditFamily()
+    runner = OuterLoopLearner.of(learner, family, meta_batch_size=4, meta_lr=0.05, generator=_gen())
+    runner.step(0)
+    figures = runner.evaluate(argparse.Namespace(eval_tasks=20))
+    assert "row" not in figures and figures["eval_tasks"] == 20
+    assert figures == {"eval_tasks": 20, **R.held_out_report(learner, runner.params, family, 20)}

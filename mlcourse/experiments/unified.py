@@ -261,4 +261,5 @@ class OuterLoopLearner(Learner):
         report = unified.held_out_report(
             self.meta_learner, self.params, self.eval_family, options.eval_tasks, self.device
         )
-        return {"row": self.config.row, "eval_tasks": options.eval_tasks, **report}
+        row = {"row": self.config.row} if self.config is not None else {}  # None: built by of()
+        return {**row, "eval_tasks": options.eval_tasks, **report}
