@@ -29,28 +29,15 @@ from mlcourse.experiments.learner import Learner, Weights, loaded
 from mlcourse.options import check_config, option, positive_int
 from mlcourse.training import make_adam, restore_generator
 
-# Lesson 09's table: each row's meta-learner, its training family and its held-out family.
+# Lesson 09's table: each row's meta-learner (fresh each time), its training family and its
+# held-out family (task families are frozen dataclasses, so rows share them).
+_SINE, _SINE_HELD_OUT = unified.SineFamily(), unified.SineFamily(k_query=100)
+_BANDITS = unified.BanditFamily(num_arms=5, num_pulls=10)
 ROWS: dict[str, Callable[[], tuple]] = {
-    "maml-sine": lambda: (
-        unified.MAMLSine(),
-        unified.SineFamily(),
-        unified.SineFamily(k_query=100),
-    ),
-    "blackbox-sine": lambda: (
-        unified.BlackBoxSine(hidden_size=64),
-        unified.SineFamily(),
-        unified.SineFamily(k_query=100),
-    ),
-    "maml-bandit": lambda: (
-        unified.MAMLBandit(),
-        unified.BanditFamily(num_arms=5, num_pulls=10),
-        unified.BanditFamily(num_arms=5, num_pulls=10),
-    ),
-    "blackbox-bandit": lambda: (
-        unified.BlackBoxBandit(hidden_size=32),
-        unified.BanditFamily(num_arms=5, num_pulls=10),
-        unified.BanditFamily(num_arms=5, num_pulls=10),
-    ),
+    "maml-sine": lambda: (unified.MAMLSine(), _SINE, _SINE_HELD_OUT),
+    "blackbox-sine": lambda: (unified.BlackBoxSine(hidden_size=64), _SINE, _SINE_HELD_OUT),
+    "maml-bandit": lambda: (unified.MAMLBandit(), _BANDITS, _BANDITS),
+    "blackbox-bandit": lambda: (unified.BlackBoxBandit(hidden_size=32), _BANDITS, _BANDITS),
     "protonet-chars": lambda: (
         unified.ProtoNetCharacters(hidden_channels=32),
         unified.CharactersFamily(k_shot=5),
@@ -153,33 +140,15 @@ class OuterLoopLearner(Learner):
         )
 
     @classmethod
-    def of(
-        cls,
-        meta_learner,
-        family,
-        *,
-        meta_batch_size: int,
-        meta_lr: float,
-        generator: torch.Generator,
-        params: dict[str, Tensor] | None = None,
-        device=None,
-        max_grad_norm: float | None = None,
-    ) -> OuterLoopLearner:
-        """A learner for the given meta-learner and family (no config: it is not a named row;
-        ``params``: parameters to continue from, trained in place)."""
+    def of(cls, meta_learner, family, **options) -> OuterLoopLearner:
+        """A learner for the given meta-learner and family, evaluated on that family (no
+        config: it is not a named row). ``options``: ``meta_batch_size``, ``meta_lr``,
+        ``generator``, and optionally ``params`` (parameters to continue from, trained in
+        place), ``device``, ``max_grad_norm``, as :func:`mlcourse.unified.outer_loop` takes
+        them."""
         self = cls.__new__(cls)
         self.config = None
-        self._setup(
-            meta_learner,
-            family,
-            eval_family=family,
-            meta_batch_size=meta_batch_size,
-            meta_lr=meta_lr,
-            generator=generator,
-            params=params,
-            device=device,
-            max_grad_norm=max_grad_norm,
-        )
+        self._setup(meta_learner, family, eval_family=family, **options)
         return self
 
     def _setup(
