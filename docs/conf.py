@@ -92,11 +92,11 @@ nitpick_ignore_regex = [
 # constants, type aliases, private helpers, names without their module); reported to the
 # package's authors. A new broken reference still fails the build.
 nitpick_ignore = [
-    ("py:func", "_forbidden"),  # mlcourse.checks.check
-    ("py:func", "main"),  # mlcourse.timings (module docstring)
+    ("py:func", "_forbidden"),  # mlcourse.course.checks.check
+    ("py:func", "main"),  # mlcourse.course.timings (module docstring)
     ("py:meth", "reset"),  # the environments' class docstrings; their reset has no docstring
-    ("py:data", "ENVS"),  # mlcourse.metagenrl.Agent
-    ("py:data", "EVAL_SEED"),  # mlcourse.unified.compare
+    ("py:data", "ENVS"),  # mlcourse.algorithms.metagenrl.Agent
+    ("py:data", "EVAL_SEED"),  # mlcourse.algorithms.unified.compare
     ("py:attr", "value"),  # mlcourse.rl.bandits.BayesOptimal
     ("py:data", "BanditPolicy"),  # mlcourse.rl.bandits.bandit_returns
     ("py:mod", "mlcourse.tasks.episodes"),  # mlcourse.tasks.characters.ProceduralCharacters.sample

@@ -1,5 +1,5 @@
 import sys
 
-from mlcourse.cli import main
+from mlcourse.course.cli import main
 
 sys.exit(main())

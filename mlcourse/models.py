@@ -72,7 +72,7 @@ class Conv4(nn.Module):
       statistics are those of that task. Choose it to follow the papers to the letter.
     - ``"none"``: no normalisation.
 
-    All three give ``mlcourse.maml.meta_loss`` the exact second-order meta-gradient: in
+    All three give ``mlcourse.algorithms.maml.meta_loss`` the exact second-order meta-gradient: in
     float64 it equals the per-task loop ``meta_loss_loop`` to ~1e-15 (``tests/test_conv4.py``).
     Beware that *raw* ``vmap(grad(...))`` is not exact with ``"batch"``: in torch 2.13 the
     second-order gradient of ``F.batch_norm`` with an adapted affine weight comes out wrong
@@ -178,7 +178,8 @@ def head_params(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     is shared by all tasks and learned in the outer loop only.
 
     Args:
-        params: ``{name: tensor}``, e.g. ``mlcourse.maml.params_of(Conv4(out_features=5))``.
+        params: ``{name: tensor}``, e.g.
+        ``mlcourse.algorithms.maml.params_of(Conv4(out_features=5))``.
 
     Returns:
         ``{name: tensor}`` holding the ``head.*`` entries only (the same tensors).

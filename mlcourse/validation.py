@@ -34,7 +34,7 @@ def check_params(model: nn.Module, params: Mapping[str, Tensor]) -> dict[str, Te
     if not isinstance(params, Mapping):
         raise TypeError(
             f"params must be a dict of tensors, got {type(params).__name__}: "
-            "use mlcourse.maml.params_of(model) or dict(model.named_parameters())"
+            "use mlcourse.algorithms.maml.params_of(model) or dict(model.named_parameters())"
         )
     if not params:
         raise ValueError("params is empty: there is nothing to adapt")
@@ -156,7 +156,7 @@ def _check_ragged(params, fields, allow_ragged):
         raise ValueError(
             "tasks given as lists of per-task tensors cannot be vectorized with vmap, which needs "
             f"every task to have the same size (got {sizes}). Stack equal-size tasks with "
-            "torch.stack, or use the per-task loop (mlcourse.maml.meta_loss_loop)."
+            "torch.stack, or use the per-task loop (mlcourse.algorithms.maml.meta_loss_loop)."
         )
     if any(not isinstance(f, (list, tuple, Tensor)) for f in fields):
         raise TypeError("each task field must be a tensor or a list of per-task tensors")

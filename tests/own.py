@@ -1,7 +1,7 @@
 """Copies of package functions for the checks' tests to build answers from.
 
 A check that asks for an implementation refuses an answer that calls the package's own one
-(``forbid=`` in :func:`mlcourse.checks._core.check`), and any copy of that function's code.
+(``forbid=`` in :func:`mlcourse.course.checks._core.check`), and any copy of that function's code.
 The tests' catalogues of right and wrong answers are built on correct implementations, as a
 learner's would be: a copy made here runs the same code under a file name of its own (still
 inside the package, so that what it calls counts as the package calling it), which the

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlcourse import cavia
-from mlcourse.maml import params_of
+from mlcourse.algorithms import cavia
+from mlcourse.algorithms.maml import params_of
 from mlcourse.models import MLP
 from mlcourse.tasks import Sinusoid, TaskBatch
 

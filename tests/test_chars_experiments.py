@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mlcourse import experiments
-from mlcourse.cli import main
+from mlcourse.course.cli import main
 from mlcourse.experiments import chars
-from mlcourse.training import load_checkpoint
+from mlcourse.experiments.training import load_checkpoint
 
 TINY = {"hidden_channels": 8, "meta_batch_size": 2, "n_way": 5, "k_query": 2, "log_every": 2}
 CHARS = sorted(chars.EXPERIMENTS)

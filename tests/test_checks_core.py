@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mlcourse import checks
-from mlcourse.checks import _core
-from mlcourse.checks._core import REGISTRY, RESULTS_ENV, Fail, check, expect_tensor
+from mlcourse.course import checks
+from mlcourse.course.checks import _core
+from mlcourse.course.checks._core import REGISTRY, RESULTS_ENV, Fail, check, expect_tensor
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from mlcourse import checks as check
-from mlcourse import fewshot, maml, rl2, unified
-from mlcourse.checks import lesson00, lesson03, lesson05
-from mlcourse.metagenrl import soft_update
+from mlcourse.algorithms import fewshot, maml, rl2, unified
+from mlcourse.algorithms.metagenrl import soft_update
+from mlcourse.course import checks as check
+from mlcourse.course.checks import lesson00, lesson03, lesson05
 from mlcourse.rl import dice
 from mlcourse.rl.bandits import BayesOptimal
 from mlcourse.rl.returns import gae
@@ -53,13 +53,13 @@ def conv_step_with_adapt(model, params, x_support, y_support, inner_lr):
 ANSWERS = {  # check -> (an answer that calls the package, the function it calls)
     "support_query_split": (
         lambda x, y, k_support: lesson00._reference(x, y, k_support),
-        "mlcourse.checks.lesson00._reference",
+        "mlcourse.course.checks.lesson00._reference",
     ),
     "inner_update": (
         lambda model, params, x_s, y_s, inner_lr: maml.adapt(
             model, params, x_s, y_s, loss_fn=F.mse_loss, inner_lr=inner_lr
         ),
-        "mlcourse.maml.adapt",
+        "mlcourse.algorithms.maml.adapt",
     ),
     "maml_meta_loss": (
         lambda model, params, tasks, inner_lr, num_inner_steps: maml.meta_loss(
@@ -70,20 +70,20 @@ ANSWERS = {  # check -> (an answer that calls the package, the function it calls
             inner_lr=inner_lr,
             num_inner_steps=num_inner_steps,
         ),
-        "mlcourse.maml.meta_loss",
+        "mlcourse.algorithms.maml.meta_loss",
     ),
-    "fixed_maml_step": (maml_step_with_meta_loss, "mlcourse.maml.meta_loss"),
-    "fixed_meta_test": (meta_test_with_adapt, "mlcourse.maml.adapt"),
-    "k2_gradients": (lesson03.k2_reference, "mlcourse.checks.lesson03.k2_reference"),
-    "protonet_logits": (fewshot.protonet_logits, "mlcourse.fewshot.protonet_logits"),
-    "maml_conv_step": (conv_step_with_adapt, "mlcourse.maml.adapt"),
+    "fixed_maml_step": (maml_step_with_meta_loss, "mlcourse.algorithms.maml.meta_loss"),
+    "fixed_meta_test": (meta_test_with_adapt, "mlcourse.algorithms.maml.adapt"),
+    "k2_gradients": (lesson03.k2_reference, "mlcourse.course.checks.lesson03.k2_reference"),
+    "protonet_logits": (fewshot.protonet_logits, "mlcourse.algorithms.fewshot.protonet_logits"),
+    "maml_conv_step": (conv_step_with_adapt, "mlcourse.algorithms.maml.adapt"),
     "fixed_protonet_loss": (
         lambda model, tasks, n_way: fewshot.protonet_loss(model, tasks, n_way=n_way)[0],
-        "mlcourse.fewshot.protonet_loss",
+        "mlcourse.algorithms.fewshot.protonet_loss",
     ),
     "ucb1_scores": (
         functools.partial(lesson05._ucb1_reference),
-        "mlcourse.checks.lesson05._ucb1_reference",
+        "mlcourse.course.checks.lesson05._ucb1_reference",
     ),
     "bayes_optimal_value": (
         lambda num_arms, num_pulls: BayesOptimal(num_arms, num_pulls).value,
@@ -93,7 +93,7 @@ ANSWERS = {  # check -> (an answer that calls the package, the function it calls
         lambda obs, a, r, d, num_states, num_actions: rl2.rl2_inputs(
             obs, a, r, d, num_states=num_states, num_actions=num_actions
         ),
-        "mlcourse.rl2.rl2_inputs",
+        "mlcourse.algorithms.rl2.rl2_inputs",
     ),
     "trial_advantages": (
         lambda rewards, values, gamma, lam: gae(rewards, values, gamma=gamma, lam=lam),
@@ -104,12 +104,15 @@ ANSWERS = {  # check -> (an answer that calls the package, the function it calls
         "mlcourse.rl.dice.reinforce_surrogate",
     ),
     "magic_box": (dice.magic_box, "mlcourse.rl.dice.magic_box"),
-    "soft_update": (soft_update, "mlcourse.metagenrl.soft_update"),
-    "outer_step": (unified.outer_step, "mlcourse.unified.outer_step"),
-    "bandit_inner_step": (unified.bandit_inner_step, "mlcourse.unified.bandit_inner_step"),
+    "soft_update": (soft_update, "mlcourse.algorithms.metagenrl.soft_update"),
+    "outer_step": (unified.outer_step, "mlcourse.algorithms.unified.outer_step"),
+    "bandit_inner_step": (
+        unified.bandit_inner_step,
+        "mlcourse.algorithms.unified.bandit_inner_step",
+    ),
     "blackbox_predict": (
         lambda model, x_support, y_support, x_query: model(x_support, y_support, x_query),
-        "mlcourse.unified.BlackBoxRegressor.forward",
+        "mlcourse.algorithms.unified.BlackBoxRegressor.forward",
     ),
 }
 
@@ -150,7 +153,7 @@ def test_under_the_grader_an_older_copy_of_the_function_is_refused_too(monkeypat
     hold the function object from before: the same source, another object."""
     import types
 
-    from mlcourse.checks import _core
+    from mlcourse.course.checks import _core
 
     adapt = maml.adapt
     older = types.FunctionType(adapt.__code__, adapt.__globals__, adapt.__name__)
@@ -161,5 +164,5 @@ def test_under_the_grader_an_older_copy_of_the_function_is_refused_too(monkeypat
 
     monkeypatch.setattr(_core, "GRADING", True)
     result = check.inner_update(answer)
-    assert not result.passed and "calls mlcourse.maml.adapt" in result.message
+    assert not result.passed and "calls mlcourse.algorithms.maml.adapt" in result.message
     assert older.__code__ is adapt.__code__  # put back

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from own import own
 from torch.func import functional_call
 
-from mlcourse import maml
-from mlcourse.checks import lesson01
-from mlcourse.maml import params_of
+from mlcourse.algorithms import maml
+from mlcourse.algorithms.maml import params_of
+from mlcourse.course.checks import lesson01
 from mlcourse.tasks import Sinusoid
 
 meta_loss = own(maml.meta_loss)

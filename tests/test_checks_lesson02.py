@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from own import own
 from torch.func import functional_call
 
-from mlcourse import checks as check
-from mlcourse import maml
-from mlcourse.maml import params_of
+from mlcourse.algorithms import maml
+from mlcourse.algorithms.maml import params_of
+from mlcourse.course import checks as check
 
 adapt = own(maml.adapt)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.func import grad, jvp
 
-from mlcourse.checks import lesson03
+from mlcourse.course.checks import lesson03
 
 # ---------------------------------------------------------------------------------------------
 # reptile_update

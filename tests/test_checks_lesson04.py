@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from own import own
 
-from mlcourse import fewshot
-from mlcourse.checks import lesson04
-from mlcourse.fewshot import maml_adapt
+from mlcourse.algorithms import fewshot
+from mlcourse.algorithms.fewshot import maml_adapt
+from mlcourse.course.checks import lesson04
 from mlcourse.models import head_params
 from mlcourse.tasks import episodes
 
@@ -543,7 +543,7 @@ def step_autograd(model, params, x_support, y_support, inner_lr):
 
 
 def step_vectorized(model, params, x_support, y_support, inner_lr):
-    """Also right: mlcourse.fewshot.maml_adapt on a batch of one task."""
+    """Also right: mlcourse.algorithms.fewshot.maml_adapt on a batch of one task."""
     fast = maml_adapt(model, params, x_support[None], y_support[None], inner_lr=inner_lr)
     return {n: p[0] for n, p in fast.items()}
 

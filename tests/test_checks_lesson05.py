@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from mlcourse.checks import lesson05
+from mlcourse.course.checks import lesson05
 
 # ---------------------------------------------------------------------------------------------
 # ucb1_scores

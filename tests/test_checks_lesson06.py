@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from own import own
 
-from mlcourse import rl2
-from mlcourse.checks import lesson06
+from mlcourse.algorithms import rl2
+from mlcourse.course.checks import lesson06
 from mlcourse.rl.returns import discounted_returns
 
 rl2_inputs = own(rl2.rl2_inputs)

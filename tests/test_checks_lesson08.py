@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlcourse.checks import lesson08
+from mlcourse.course.checks import lesson08
 
 
 def stub(*args):

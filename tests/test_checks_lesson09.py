@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlcourse.checks import lesson09
+from mlcourse.course.checks import lesson09
 
 # ---------------------------------------------------------------------------------------------
 # outer_step

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mlcourse.cli import main
+from mlcourse.course.cli import main
 
 SMALL = ["--meta-batch-size", "4", "--k-support", "5", "--hidden", "8,8", "--no-progress"]
 
@@ -45,7 +45,7 @@ def test_doctor_text(capsys):
 def test_doctor_warns_about_threads_on_a_small_cpu(monkeypatch):
     import torch
 
-    from mlcourse import doctor
+    from mlcourse.course import doctor
 
     monkeypatch.setattr(doctor, "_device", lambda: {"type": "cpu", "name": "test"})
     monkeypatch.setattr(doctor.os, "cpu_count", lambda: 2)
@@ -167,7 +167,7 @@ def test_bench_json(capsys):
 
 
 def test_bench_maml_conv4_small():
-    from mlcourse.bench import maml_conv4
+    from mlcourse.course.bench import maml_conv4
 
     result = maml_conv4(meta_batch_size=2, hidden_channels=8, k_query=2, iters=1, rounds=2)
     assert result["benchmark"] == "maml-conv4" and result["n_way"] == 5
@@ -176,7 +176,7 @@ def test_bench_maml_conv4_small():
 
 
 def test_bench_rl2_bf16_small():
-    from mlcourse.bench import rl2_bf16
+    from mlcourse.course.bench import rl2_bf16
 
     result = rl2_bf16(task="bandit", trials_per_step=8, hidden_size=8, iters=1, rounds=2)
     assert result["benchmark"] == "rl2-bf16" and result["task"] == "bandit"
@@ -201,7 +201,7 @@ def test_bench_compiled_variant_is_checked_against_eager(monkeypatch):
     compiling takes a minute), and a compiler that changes the gradient is refused."""
     import torch
 
-    from mlcourse import maml
+    from mlcourse.algorithms import maml
 
     model, tasks, kwargs = _bench_inputs()
     params = maml.params_of(model)

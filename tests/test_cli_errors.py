@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from mlcourse import experiments
-from mlcourse.training import run_lock
+from mlcourse.experiments.training import run_lock
 
 pytestmark = pytest.mark.slow
 
@@ -253,7 +253,8 @@ def test_bad_input_gets_one_clear_message(case, answers, runs):
 
 
 def test_a_crafted_checkpoint_is_refused_in_python_too(runs):
-    from mlcourse.training import UnsafeCheckpoint, load_checkpoint
+    from mlcourse.experiments.training import load_checkpoint
+    from mlcourse.runtime import UnsafeCheckpoint
 
     _, paths, marker = runs
     with pytest.raises(UnsafeCheckpoint, match=r"holds a Python object \(posix.system\)"):

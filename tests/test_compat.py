@@ -70,7 +70,7 @@ def test_interact_publishes_what_ipywidgets_publishes_and_the_static_figure(monk
     import matplotlib.pyplot as plt
     from ipywidgets import IntSlider
 
-    from mlcourse import widgets
+    from mlcourse.course import widgets
 
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda data, raw: shown.append(data))

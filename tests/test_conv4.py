@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from mlcourse.maml import meta_loss, meta_loss_loop, params_of
+from mlcourse.algorithms.maml import meta_loss, meta_loss_loop, params_of
 from mlcourse.models import Conv4, head_params
 from mlcourse.tasks import TaskBatch
 

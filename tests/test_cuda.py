@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlcourse.cli import main
+from mlcourse.algorithms.maml import meta_loss
+from mlcourse.course.cli import main
 from mlcourse.experiments import EXPERIMENTS
-from mlcourse.maml import meta_loss
 from mlcourse.models import MLP
 from mlcourse.tasks import Sinusoid
 
@@ -89,7 +89,7 @@ def test_meta_gradient_on_cuda_equals_the_cpu_one():
 
 
 def _relation_pairs():
-    from mlcourse import unified
+    from mlcourse.algorithms import unified
 
     return {
         "maml-sine": (unified.MAMLSine(), unified.SineFamily()),
@@ -108,7 +108,7 @@ def _relation_pairs():
 
 @pytest.mark.parametrize("name", sorted(_relation_pairs()))
 def test_the_one_outer_loop_runs_every_learner_on_cuda(name):
-    from mlcourse import unified
+    from mlcourse.algorithms import unified
 
     learner, family = _relation_pairs()[name]
     row = unified.compare(

@@ -5,7 +5,7 @@ import io
 import matplotlib
 import pytest
 
-from mlcourse import diagrams
+from mlcourse.course import diagrams
 
 matplotlib.use("Agg")
 

@@ -1,5 +1,5 @@
 """Few-shot classification: the metric-based formulas against hand loops, the MAML/ANIL glue
-against mlcourse.maml's per-task loop, and a seeded learning threshold."""
+against mlcourse.algorithms.maml's per-task loop, and a seeded learning threshold."""
 
 import dataclasses
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlcourse.fewshot import (
+from mlcourse.algorithms.fewshot import (
     FullContextEmbedding,
     accuracy_ci95,
     embed_tasks,
@@ -26,7 +26,7 @@ from mlcourse.fewshot import (
     protonet_loss,
     prototypes,
 )
-from mlcourse.maml import meta_loss, meta_loss_loop, params_of
+from mlcourse.algorithms.maml import meta_loss, meta_loss_loop, params_of
 from mlcourse.models import Conv4, head_params
 from mlcourse.tasks import TaskBatch
 

@@ -12,8 +12,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell
 
-from mlcourse import grading, release
-from mlcourse.check_protocol import CHECK_MIME
+from mlcourse.course import grading, release
+from mlcourse.course.check_protocol import CHECK_MIME
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "00_welcome.ipynb"
@@ -213,7 +213,7 @@ def test_a_kernel_that_never_starts_is_an_error_not_a_crash(monkeypatch):
 
 
 def test_each_lesson_grades_exactly_its_registered_checks_with_their_points():
-    from mlcourse.checks import REGISTRY
+    from mlcourse.course.checks import REGISTRY
 
     registered: dict[str, dict[str, float]] = {}
     for name, c in REGISTRY.items():
@@ -228,7 +228,7 @@ def test_the_grader_loads_neither_pytorch_nor_the_checks(tmp_path):
     code = (
         "import sys; from mlcourse import cli, grading; "
         "cli.main(['grade', sys.argv[1], '--json']); "
-        "print([m for m in ('torch', 'numpy', 'mlcourse.checks') if m in sys.modules])"
+        "print([m for m in ('torch', 'numpy', 'mlcourse.course.checks') if m in sys.modules])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True

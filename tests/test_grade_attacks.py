@@ -17,7 +17,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell
 
-from mlcourse import sandbox
+from mlcourse.course import sandbox
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def record_calls(_):
     return _with_cell(
         FORGED
         + """
-from mlcourse.checks._core import CheckResult, record
+from mlcourse.course.checks._core import CheckResult, record
 for name in NAMES:
     result = CheckResult(**forged(name))
     record(result)
@@ -92,9 +92,9 @@ def replaced_checks(_):
     return _with_cell(
         FORGED
         + """
-import mlcourse.checks as check_module
-import mlcourse.checks._core as core
-from mlcourse.checks._core import CheckResult
+import mlcourse.course.checks as check_module
+import mlcourse.course.checks._core as core
+from mlcourse.course.checks._core import CheckResult
 for name in NAMES:
     setattr(check_module, name, lambda *a, _name=name, **k: CheckResult(**forged(_name)))
 check = check_module
@@ -110,7 +110,8 @@ def rewritten_check_cells(_):
         if cell.metadata.get("nbgrader", {}).get("grade"):
             name = cell.source.split("check.")[1].split("(")[0]
             cell.source = FORGED + (
-                f"from mlcourse.checks._core import CheckResult\nCheckResult(**forged({name!r}))"
+                "from mlcourse.course.checks._core import "
+                f"CheckResult\nCheckResult(**forged({name!r}))"
             )
     return nb
 
@@ -181,22 +182,22 @@ for pid in os.listdir("/proc"):
 PACKAGE_ANSWERS = {  # solution cell -> an answer that calls the package's implementation
     "inner_update": """
 import torch.nn.functional as F
-from mlcourse.maml import adapt
+from mlcourse.algorithms.maml import adapt
 
 def inner_update(model, params, x_support, y_support, inner_lr):
     return adapt(model, params, x_support, y_support, loss_fn=F.mse_loss, inner_lr=inner_lr)
 """,
     "maml_meta_loss": """
 import torch.nn.functional as F
-import mlcourse.maml
+import mlcourse.algorithms.maml
 
 def maml_meta_loss(model, params, tasks, inner_lr, num_inner_steps):
-    return mlcourse.maml.meta_loss(model, params, tasks, loss_fn=F.mse_loss,
+    return mlcourse.algorithms.maml.meta_loss(model, params, tasks, loss_fn=F.mse_loss,
                                    inner_lr=inner_lr, num_inner_steps=num_inner_steps)
 """,
     "fixed_maml_step": """
 import torch.nn.functional as F
-from mlcourse.maml import meta_loss
+from mlcourse.algorithms.maml import meta_loss
 
 def fixed_maml_step(model, meta_optimizer, tasks, inner_lr):
     meta_optimizer.zero_grad()
@@ -209,7 +210,7 @@ def fixed_maml_step(model, meta_optimizer, tasks, inner_lr):
     "fixed_meta_test": """
 import torch.nn.functional as F
 from torch.func import functional_call
-from mlcourse.maml import adapt
+from mlcourse.algorithms.maml import adapt
 
 def fixed_meta_test(model, x_support, y_support, x_query, inner_lr, num_inner_steps):
     params = adapt(model, dict(model.named_parameters()), x_support, y_support,

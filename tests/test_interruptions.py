@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mlcourse import experiments
-from mlcourse.training import load_checkpoint
+from mlcourse.experiments.training import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

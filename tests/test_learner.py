@@ -9,7 +9,7 @@ import torch
 
 from mlcourse import experiments
 from mlcourse.experiments.learner import Experiment, Learner
-from mlcourse.training import load_checkpoint
+from mlcourse.experiments.training import load_checkpoint
 
 SMALL_SINE = {"steps": 2, "meta_batch_size": 2, "hidden": "8,8", "log_every": 1}
 

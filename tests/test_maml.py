@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlcourse.maml import (
+from mlcourse.algorithms.maml import (
     adapt,
     adapt_batch,
     adapt_reference,
@@ -412,7 +412,7 @@ def test_compile_meta_loss_compiles_the_torch_func_form_of_the_same_meta_loss(
 ):
     """What it compiles (run uncompiled here) is the meta-loss, with every argument passed on,
     and it is kept only if its meta-gradient matches eager's; a compiler that fails is reported."""
-    from mlcourse.maml import compile_meta_loss
+    from mlcourse.algorithms.maml import compile_meta_loss
 
     p = params_of(model64)
     kw = dict(loss_fn=F.mse_loss, inner_lr=0.05, num_inner_steps=2, first_order=first_order)
@@ -445,7 +445,7 @@ def test_compile_meta_loss_defaults_reports_and_tolerance(model64, tasks64, monk
     """Defaults as in meta_loss (one second-order step); a compiler's error is cut to 500
     characters; the compile time is given to 0.1 s; the tolerance is relative to the largest
     meta-gradient entry, so large gradients may differ by more in absolute terms."""
-    from mlcourse.maml import COMPILED_GRAD_TOLERANCE, compile_meta_loss
+    from mlcourse.algorithms.maml import COMPILED_GRAD_TOLERANCE, compile_meta_loss
 
     p = params_of(model64)
     monkeypatch.setattr(torch, "compile", lambda fn: fn)

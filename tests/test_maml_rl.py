@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from mlcourse import maml_rl as M
 from mlcourse import pretrained
+from mlcourse.algorithms import maml_rl as M
 from mlcourse.experiments.nav import NavConfig, NavLearner
 from mlcourse.rl.policies import GaussianMLPPolicy, linear_feature_values
 
@@ -132,7 +132,7 @@ def test_evaluate_follows_the_papers_step_sizes(monkeypatch):
 def test_every_algorithm_trains_resumes_and_evaluates(tmp_path, capsys):
     import json
 
-    from mlcourse.cli import main
+    from mlcourse.course.cli import main
 
     small = ["--meta-batch-size", "2", "--trajectories", "3", "--hidden", "8,8", "--epochs", "1"]
     for name in ("maml-rl-nav", "fomaml-rl-nav", "reptile-rl-nav", "pretrain-nav"):

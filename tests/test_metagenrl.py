@@ -5,8 +5,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from mlcourse.experiments.metagenrl import MetaGenRLConfig, MetaGenRLLearner
-from mlcourse.metagenrl import (
+from mlcourse.algorithms.metagenrl import (
     NUM_FEATURES,
     Actor,
     LearnedObjective,
@@ -19,6 +18,7 @@ from mlcourse.metagenrl import (
     objective_meta_loss,
     soft_update,
 )
+from mlcourse.experiments.metagenrl import MetaGenRLConfig, MetaGenRLLearner
 
 
 def _setup(action_size=2, dtype=torch.float64):
@@ -165,7 +165,7 @@ SMALL = {"steps": 40, "warmup": 10, "batch_size": 16, "hidden": "16", "objective
 
 def test_population_resumes_exactly(tmp_path):
     from mlcourse import experiments
-    from mlcourse.training import load_checkpoint
+    from mlcourse.experiments.training import load_checkpoint
 
     experiments.run_training(
         "metagenrl", tmp_path / "a", overrides=SMALL, device="cpu", progress=False
@@ -187,7 +187,7 @@ def test_population_resumes_exactly(tmp_path):
 
 
 def test_meta_test_compares_both_objectives_on_an_unseen_family():
-    from mlcourse.metagenrl import meta_test
+    from mlcourse.algorithms.metagenrl import meta_test
 
     result = meta_test(LearnedObjective(), "navigation", seeds=2, steps=250)
     assert result["env"] == "navigation" and len(result["learned"]["per_seed"]) == 2
@@ -203,7 +203,7 @@ def test_unknown_environment_family_is_a_clear_error():
 
 
 def test_gradient_alignment_is_one_for_the_ddpg_objective():
-    from mlcourse.metagenrl import Agent, gradient_alignment
+    from mlcourse.algorithms.metagenrl import Agent, gradient_alignment
 
     agent = Agent("navigation", 0, hidden=(16,))
     for _ in range(200):

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlcourse.maml import meta_loss, params_of
-from mlcourse.metasgd import init_inner_lrs
-from mlcourse.reptile import reptile_step, reptile_step_loop
+from mlcourse.algorithms.maml import meta_loss, params_of
+from mlcourse.algorithms.metasgd import init_inner_lrs
+from mlcourse.algorithms.reptile import reptile_step, reptile_step_loop
 from mlcourse.tasks import TaskBatch
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mlcourse import release
+from mlcourse.course import release
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mlcourse import grading, release
+from mlcourse.course import grading, release
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # seconds per notebook in fast mode
@@ -52,7 +52,7 @@ def test_solution_runs_with_every_check_passing(path, tmp_path):
     assert status == "ok", f"{message}\n" + "\n".join(_errors(nb))
     if path.parent.name == "solutions":
         checks = grading.lesson_checks(path.stem)
-        assert checks, f"mlcourse.checks defines no check for lesson {path.stem}"
+        assert checks, f"mlcourse.course.checks defines no check for lesson {path.stem}"
         failed = {n: records.get(n, {}).get("message", "never ran") for n in checks}
         failed = {n: m for n, m in failed.items() if not records.get(n, {}).get("passed")}
         assert not failed, f"checks not passing in the solution: {failed}"

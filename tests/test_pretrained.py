@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mlcourse import experiments, pretrained
-from mlcourse.cli import main
+from mlcourse.course.cli import main
 from mlcourse.experiments.learner import Learner
-from mlcourse.training import load_checkpoint
+from mlcourse.experiments.training import load_checkpoint
 
 NAMES = pretrained.names()
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlcourse.maml import meta_loss, params_of
+from mlcourse.algorithms.maml import meta_loss, params_of
 from mlcourse.models import MLP
 from mlcourse.profiling import cuda_peak_bytes, saved_tensor_bytes
 from mlcourse.tasks import Sinusoid

@@ -8,8 +8,9 @@ import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from mlcourse import course, release
-from mlcourse.cli import main
+from mlcourse import course
+from mlcourse.course import release
+from mlcourse.course.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for d in release.FOLDERS for p in (ROOT / d).glob("*.ipynb"))
@@ -185,8 +186,8 @@ def test_release_outside_the_course_says_where_to_run(tmp_path):
 
 def _as_course_repository(course_dir):
     """Gives the test course the two files that name its repository in the real one."""
-    (course_dir / "mlcourse").mkdir()
-    (course_dir / "mlcourse" / "course.py").write_text(
+    (course_dir / "mlcourse" / "course").mkdir(parents=True)
+    (course_dir / "mlcourse" / "course" / "__init__.py").write_text(
         f'"""Constants."""\n\nREPO = "{course.REPO}"\nBRANCH = "main"\n'
     )
     link = course.colab_url("notebooks/00_test.ipynb")
@@ -207,7 +208,7 @@ def test_release_repo_moves_every_badge_and_setup_cell_to_a_fork(course_dir, cap
         assert setup == release.setup_source("my-university/ml-course")
         assert 'git+https://github.com/my-university/ml-course.git@main"' in setup
         assert course.REPO not in (course_dir / rel).read_text()
-    course_py = (course_dir / "mlcourse" / "course.py").read_text()
+    course_py = (course_dir / "mlcourse" / "course" / "__init__.py").read_text()
     assert 'REPO = "my-university/ml-course"\n' in course_py and course.REPO not in course_py
     readme = (course_dir / "README.md").read_text()
     assert course.colab_url("notebooks/00_test.ipynb", "my-university/ml-course") in readme
@@ -258,7 +259,7 @@ def test_release_repo_refuses_a_malformed_address_and_writes_nothing(
 
 def test_a_course_py_without_its_repo_line_is_named_in_the_error(course_dir):
     _as_course_repository(course_dir)
-    (course_dir / "mlcourse" / "course.py").write_text('"""Constants."""\n')
+    (course_dir / "mlcourse" / "course" / "__init__.py").write_text('"""Constants."""\n')
     with pytest.raises(ValueError, match=r'no line REPO = "OWNER/NAME"'):
         release.release(course_dir)
 

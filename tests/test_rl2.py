@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
-from mlcourse import pretrained, rl2
-from mlcourse.cli import main
+from mlcourse import pretrained
+from mlcourse.algorithms import rl2
+from mlcourse.course.cli import main
 from mlcourse.experiments.rl2 import RL2Learner
 from mlcourse.rl.ppo import ppo_clip_loss
 from mlcourse.rl.returns import discounted_returns, gae
@@ -606,7 +607,7 @@ def test_baselines_commands(capsys):
 
 
 def test_bandit_duel_widget_plays_a_trial_against_the_agent():
-    from mlcourse.widgets import bandit_duel
+    from mlcourse.course.widgets import bandit_duel
 
     policy = rl2.RL2Policy(num_states=1, num_actions=3, hidden_size=8)
     box = bandit_duel(policy, num_arms=3, num_pulls=4, seed=5)

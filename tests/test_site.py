@@ -50,10 +50,18 @@ def test_every_lesson_exercise_report_and_api_page_is_built():
         assert (site / "exercises" / f"{name}.html").is_file(), name
     assert (site / "docs" / "reproductions.html").is_file()
     api = _html(site / "docs" / "api" / "index.html")
-    for module in ["mlcourse.maml", "mlcourse.reptile", "mlcourse.rl2", "mlcourse.checks"]:
+    for module in [
+        "mlcourse.algorithms.maml",
+        "mlcourse.algorithms.reptile",
+        "mlcourse.algorithms.rl2",
+        "mlcourse.course.checks",
+    ]:
         assert module in api, module
-    maml = _html(site / "docs" / "api" / "generated" / "mlcourse.maml.html")
-    assert 'id="mlcourse.maml.adapt"' in maml and 'id="mlcourse.maml.meta_loss"' in maml
+    maml = _html(site / "docs" / "api" / "generated" / "mlcourse.algorithms.maml.html")
+    assert (
+        'id="mlcourse.algorithms.maml.adapt"' in maml
+        and 'id="mlcourse.algorithms.maml.meta_loss"' in maml
+    )
 
 
 def test_no_page_loads_a_script_or_stylesheet_from_the_network():

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mlcourse.timings import stated_runtimes
+from mlcourse.course.timings import stated_runtimes
 
 LESSONS = sorted(Path(__file__).parents[1].glob("notebooks/[0-9]*.ipynb"))
 

@@ -7,7 +7,7 @@ import torch
 
 from mlcourse import experiments
 from mlcourse.experiments.sine import SineLearner
-from mlcourse.training import TrainingDiverged, load_checkpoint
+from mlcourse.experiments.training import TrainingDiverged, load_checkpoint
 
 SMALL = {"meta_batch_size": 4, "k_support": 5, "k_query": 5, "hidden": "8,8", "log_every": 5}
 
@@ -54,7 +54,7 @@ def test_summary_loss_covers_steps_after_the_last_log_line(tmp_path):
 
 def test_periodic_checkpoints(tmp_path, monkeypatch):
     saved = []
-    import mlcourse.training as training
+    import mlcourse.experiments.training as training
 
     real = training.save_checkpoint
     monkeypatch.setattr(
@@ -194,7 +194,7 @@ def test_maml_learns_to_adapt(tmp_path):
 def test_checkpoint_from_another_device_type_loads_with_a_warning(tmp_path):
     """A run trained on a GPU saves CUDA generator states (16 bytes); a CPU can still evaluate
     or resume it, seeded from that state."""
-    from mlcourse.training import save_checkpoint
+    from mlcourse.experiments.training import save_checkpoint
 
     experiments.run_training(
         "maml-sine", tmp_path, overrides={**SMALL, "steps": 2}, device="cpu", progress=False
@@ -229,7 +229,7 @@ def test_compiled_sine_training_follows_eager(algorithm):
 
 
 def test_a_compiled_meta_loss_that_disagrees_falls_back_to_eager(monkeypatch):
-    from mlcourse import maml
+    from mlcourse.algorithms import maml
     from mlcourse.experiments import sine
 
     def first_order_compiler(fn):  # what a compiler dropping double backward would compute

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mlcourse import experiments
-from mlcourse import unified as R
+from mlcourse.algorithms import unified as R
 from mlcourse.envs import BernoulliBanditVectorEnv
 from mlcourse.experiments.unified import ROWS, OuterLoopLearner
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlcourse.maml import adapt, meta_loss, meta_loss_loop, params_of
+from mlcourse.algorithms.maml import adapt, meta_loss, meta_loss_loop, params_of
 from mlcourse.models import MLP
 from mlcourse.tasks import Sinusoid, TaskBatch
 

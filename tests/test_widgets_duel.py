@@ -2,9 +2,9 @@
 
 import torch
 
-from mlcourse import rl2
+from mlcourse.algorithms import rl2
+from mlcourse.course.widgets import bandit_duel
 from mlcourse.envs import BernoulliBanditVectorEnv
-from mlcourse.widgets import bandit_duel
 
 NUM_ARMS, NUM_PULLS = 3, 6
 

@@ -71,22 +71,29 @@ TARGETS = {
     ),
     "rl/dice": Target("mlcourse/rl/dice.py", ("tests/test_dice.py", "mlcourse/rl/dice.py")),
     "reptile": Target(
-        "mlcourse/reptile.py", ("tests/test_metasgd_reptile.py", "mlcourse/reptile.py")
+        "mlcourse/algorithms/reptile.py",
+        ("tests/test_metasgd_reptile.py", "mlcourse/algorithms/reptile.py"),
     ),
     "cavia": Target(
-        "mlcourse/cavia.py", ("tests/test_cavia.py", "-m", "not slow", "mlcourse/cavia.py")
+        "mlcourse/algorithms/cavia.py",
+        ("tests/test_cavia.py", "-m", "not slow", "mlcourse/algorithms/cavia.py"),
     ),
     "metasgd": Target(
-        "mlcourse/metasgd.py", ("tests/test_metasgd_reptile.py", "mlcourse/metasgd.py")
+        "mlcourse/algorithms/metasgd.py",
+        ("tests/test_metasgd_reptile.py", "mlcourse/algorithms/metasgd.py"),
     ),
     "maml": Target(
-        "mlcourse/maml.py", ("tests/test_maml.py", "tests/test_validation.py", "mlcourse/maml.py")
+        "mlcourse/algorithms/maml.py",
+        ("tests/test_maml.py", "tests/test_validation.py", "mlcourse/algorithms/maml.py"),
     ),
-    "fewshot": Target("mlcourse/fewshot.py", ("tests/test_fewshot.py", "mlcourse/fewshot.py")),
+    "fewshot": Target(
+        "mlcourse/algorithms/fewshot.py",
+        ("tests/test_fewshot.py", "mlcourse/algorithms/fewshot.py"),
+    ),
     "rl2": Target(
-        "mlcourse/rl2.py",
-        ("tests/test_rl2.py", "mlcourse/rl2.py"),
-        _fns("mlcourse.rl2", "Trials.returns", "expected_reward", "ppo_update"),
+        "mlcourse/algorithms/rl2.py",
+        ("tests/test_rl2.py", "mlcourse/algorithms/rl2.py"),
+        _fns("mlcourse.algorithms.rl2", "Trials.returns", "expected_reward", "ppo_update"),
     ),
     "rl/policies": Target(
         "mlcourse/rl/policies.py",
@@ -94,10 +101,10 @@ TARGETS = {
         _fns("mlcourse.rl.policies", "gaussian_log_prob", "GaussianMLPPolicy.log_prob"),
     ),
     "maml_rl": Target(
-        "mlcourse/maml_rl.py",
-        ("tests/test_maml_rl.py", "mlcourse/maml_rl.py"),
+        "mlcourse/algorithms/maml_rl.py",
+        ("tests/test_maml_rl.py", "mlcourse/algorithms/maml_rl.py"),
         _fns(
-            "mlcourse.maml_rl",
+            "mlcourse.algorithms.maml_rl",
             "gaussian_kl",
             "pre_update_kl",
             "log_prob",

@@ -5,7 +5,7 @@
   JupyterLab or Colab; each exercise page with a note linking its notebook, its lesson and
   Colab.
 - Each live widget (an ipywidgets view, which needs a kernel) gives way to the static picture
-  that ``mlcourse.widgets`` puts in the same output, with a line saying where it is live.
+  that ``mlcourse.course.widgets`` puts in the same output, with a line saying where it is live.
 - The notebooks' "Open in Colab" badge image is served from the site (``_static``) rather than
   from Colab's host, so that every image of the site loads offline; any other remote image is a
   warning, hence an error under ``-W``.
@@ -131,7 +131,8 @@ def _widget_note(picture: bool) -> nodes.paragraph:
 
 def _widgets_to_notes(app: Sphinx, doctree: nodes.document, docname: str) -> None:
     """Drops each live widget view (nothing can run it here) and keeps the static picture that
-    the same output carries (``mlcourse.widgets`` puts a PNG beside the view), with a note."""
+    the same output carries (``mlcourse.course.widgets`` puts a PNG beside the view), with a
+    note."""
     for bundle in list(doctree.findall(nodes.container)):
         if bundle.get("nb_element") != "mime_bundle":
             continue

@@ -29,7 +29,8 @@ def draw_bandits(count: int, num_arms: int, generator=None, device=None) -> Tens
     """``(count, num_arms)`` success probabilities, each U[0, 1]: ``count`` bandits of the task
     family. Drawn from ``generator`` on its own device, then moved to ``device``, so a seeded
     CPU generator gives the same bandits on every device. The one sampler of the family: the
-    vector environment and lesson 09's :class:`mlcourse.unified.BanditFamily` both use it.
+    vector environment and lesson 09's :class:`mlcourse.algorithms.unified.BanditFamily` both use
+    it.
 
     Example:
         >>> draw_bandits(2, 3, torch.Generator().manual_seed(0)).shape

@@ -4,8 +4,8 @@ Each family module of this package (``sine``, ``chars``, ``rl2``, ``nav``, ``met
 ``unified``) declares its recipes (``EXPERIMENTS``: name → config values), their
 ``DESCRIPTIONS`` and a :class:`~mlcourse.experiments.learner.Learner` subclass that does the
 rest (the config it takes, the ``eval`` options, the evaluation), so the registry is one loop.
-The algorithms they train are the top-level modules (:mod:`mlcourse.maml`, :mod:`mlcourse.rl2`,
-...).
+The algorithms they train are in :mod:`mlcourse.algorithms` (:mod:`mlcourse.algorithms.maml`,
+:mod:`mlcourse.algorithms.rl2`, ...).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 from mlcourse import pretrained
 from mlcourse.experiments import chars, metagenrl, nav, rl2, sine, unified
 from mlcourse.experiments.learner import Experiment, Learner, experiments_of
-from mlcourse.training import load_checkpoint, make_config, resolve_device, saved_run, train
+from mlcourse.experiments.training import load_checkpoint, make_config, saved_run, train
+from mlcourse.runtime import resolve_device
 
 # options that may change when a run is resumed: they change when it stops and what it writes
 # down, never what it computes

@@ -8,8 +8,8 @@ of 0.4 in training and three at test time, meta-batches of 32 tasks (Finn et al.
 Prototypical Networks trained on episodes with more classes than at test time (Snell et al.,
 2017); Matching Networks divide the cosine similarities by a temperature of 0.1, since the
 paper's plain cosine caps how sharp the attention can get (see
-:func:`mlcourse.fewshot.matching_logits`). Every figure is measured on held-out classes, from
-episodes of a fixed seed.
+:func:`mlcourse.algorithms.fewshot.matching_logits`). Every figure is measured on held-out classes,
+from episodes of a fixed seed.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mlcourse import fewshot
+from mlcourse.algorithms import fewshot
+from mlcourse.algorithms.maml import params_of
 from mlcourse.experiments.learner import Learner, Weights, loaded
-from mlcourse.maml import params_of
 from mlcourse.models import NORMS, Conv4
 from mlcourse.options import check_config, nonnegative_int, option, positive_int
+from mlcourse.runtime import make_adam, restore_generator
 from mlcourse.tasks import ProceduralCharacters, load_omniglot
-from mlcourse.training import make_adam, restore_generator
 
 ALGORITHMS = ("protonet", "matchingnet", "maml", "fomaml", "anil")
 METRIC = ("protonet", "matchingnet")

@@ -1,10 +1,10 @@
 """The learner type every experiment implements, and the experiment spec the registry lists.
 
 A *learner* holds everything one training run changes: networks, optimizer, environments and
-random generators. :func:`mlcourse.training.train` drives any learner the same way (``step``,
-``metrics``, checkpoints with ``state_dict`` / ``load_state_dict``); ``mlcourse eval`` calls
-its ``evaluate`` with the options its ``add_eval_args`` declared; ``--init-from`` and the agents
-the course ships (:mod:`mlcourse.pretrained`) go through ``weights`` and ``load_weights``.
+random generators. :func:`mlcourse.experiments.training.train` drives any learner the same way
+(``step``, ``metrics``, checkpoints with ``state_dict`` / ``load_state_dict``); ``mlcourse eval``
+calls its ``evaluate`` with the options its ``add_eval_args`` declared; ``--init-from`` and the
+agents the course ships (:mod:`mlcourse.pretrained`) go through ``weights`` and ``load_weights``.
 
 Adding an experiment family means writing one :class:`Learner` subclass and its config; the
 registry (:mod:`mlcourse.experiments`) lists it with an :class:`Experiment` per named recipe.

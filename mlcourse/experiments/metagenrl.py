@@ -1,5 +1,6 @@
 """The MetaGenRL experiment (``mlcourse train metagenrl``): its config, and the learner that
-meta-trains a :class:`mlcourse.metagenrl.LearnedObjective` with a population of TD3 agents."""
+meta-trains a :class:`mlcourse.algorithms.metagenrl.LearnedObjective` with a population of TD3
+agents."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mlcourse.experiments.learner import Learner, Weights, loaded
-from mlcourse.metagenrl import (
+from mlcourse.algorithms.metagenrl import (
     ENVS,
     Agent,
     LearnedObjective,
@@ -20,8 +20,9 @@ from mlcourse.metagenrl import (
     objective_meta_loss,
     value_scale,
 )
+from mlcourse.experiments.learner import Learner, Weights, loaded
 from mlcourse.options import check_config, option, parse_widths, positive_int
-from mlcourse.training import make_adam
+from mlcourse.runtime import make_adam
 
 EXPERIMENTS: dict[str, dict] = {"metagenrl": {}}
 DESCRIPTIONS = {

@@ -1,7 +1,7 @@
 """The 2D-navigation experiments (``mlcourse train maml-rl-nav``, ``fomaml-rl-nav``,
 ``reptile-rl-nav``, ``pretrain-nav``): their config, the learner that meta-trains
-:class:`mlcourse.rl.policies.GaussianMLPPolicy` with the estimators of :mod:`mlcourse.maml_rl`,
-and the MAML paper's evaluation protocol."""
+:class:`mlcourse.rl.policies.GaussianMLPPolicy` with the estimators of
+:mod:`mlcourse.algorithms.maml_rl`, and the MAML paper's evaluation protocol."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mlcourse.experiments.learner import Learner, Weights, loaded
-from mlcourse.maml_rl import (
+from mlcourse.algorithms.maml_rl import (
     ESTIMATORS,
     EVAL_SEED,
     Params,
@@ -30,6 +29,7 @@ from mlcourse.maml_rl import (
     sample_goals,
     step_sizes,
 )
+from mlcourse.experiments.learner import Learner, Weights, loaded
 from mlcourse.options import (
     check_config,
     nonnegative_float,
@@ -39,7 +39,7 @@ from mlcourse.options import (
     positive_int,
 )
 from mlcourse.rl.policies import GaussianMLPPolicy
-from mlcourse.training import make_adam, restore_generator
+from mlcourse.runtime import make_adam, restore_generator
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "pretrain")
 
@@ -345,7 +345,7 @@ def evaluate_learner(
     """The MAML paper's protocol on ``num_goals`` held-out goals: the average return after
     0, 1, ..., ``inner_steps`` policy-gradient steps, the first of size ``config.inner_lr``,
     the later ones of ``later_inner_lr`` (default: half of it, see
-    :func:`mlcourse.maml_rl.evaluate`).
+    :func:`mlcourse.algorithms.maml_rl.evaluate`).
 
     With ``untrained``, the same protocol from the run's *initial* parameters (the random
     initialisation baseline)."""

@@ -1,5 +1,6 @@
 """The RL² experiments (``mlcourse train rl2-bandit`` / ``rl2-mdp``): the learner that trains
-:class:`mlcourse.rl2.RL2Policy` with :func:`mlcourse.rl2.ppo_update`, and its recipes."""
+:class:`mlcourse.algorithms.rl2.RL2Policy` with :func:`mlcourse.algorithms.rl2.ppo_update`, and its
+recipes."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from mlcourse.experiments.learner import Learner, Weights, loaded
-from mlcourse.options import positive_int
-from mlcourse.rl2 import (
+from mlcourse.algorithms.rl2 import (
     EVAL_SEED,
     RL2Config,
     RL2Policy,
@@ -22,7 +21,10 @@ from mlcourse.rl2 import (
     ppo_update,
     run_trials,
 )
-from mlcourse.training import TrainingDiverged, make_adam, restore_generator
+from mlcourse.experiments.learner import Learner, Weights, loaded
+from mlcourse.experiments.training import TrainingDiverged
+from mlcourse.options import positive_int
+from mlcourse.runtime import make_adam, restore_generator
 
 EXPERIMENTS: dict[str, dict] = {
     "rl2-bandit": {"task": "bandit"},
@@ -48,7 +50,7 @@ class RL2Learner(Learner):
     :mod:`mlcourse.experiments.learner`).
 
     Args:
-        config: the run's :class:`mlcourse.rl2.RL2Config`.
+        config: the run's :class:`mlcourse.algorithms.rl2.RL2Config`.
         device: where the policy and the environments live.
     """
 
@@ -113,7 +115,7 @@ class RL2Learner(Learner):
 
     def metrics(self) -> dict[str, float]:
         """Mean trial return of the training batches since the last call, and the last
-        update's statistics (logged by :func:`mlcourse.training.train`)."""
+        update's statistics (logged by :func:`mlcourse.experiments.training.train`)."""
         out = {"trial_return": sum(self._returns) / max(len(self._returns), 1)}
         self._returns = []
         out.update({k: round(v, 5) for k, v in self.last_stats.items() if k != "loss"})

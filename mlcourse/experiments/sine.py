@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from mlcourse import cavia
+from mlcourse.algorithms import cavia
+from mlcourse.algorithms.maml import adapt, compile_meta_loss, meta_loss, params_of
+from mlcourse.algorithms.metasgd import init_inner_lrs
+from mlcourse.algorithms.reptile import reptile_step
 from mlcourse.experiments.learner import Learner, Weights, loaded
-from mlcourse.maml import adapt, compile_meta_loss, meta_loss, params_of
-from mlcourse.metasgd import init_inner_lrs
 from mlcourse.models import MLP
 from mlcourse.options import (
     check_config,
@@ -31,10 +32,9 @@ from mlcourse.options import (
     parse_widths,
     positive_int,
 )
-from mlcourse.reptile import reptile_step
+from mlcourse.runtime import make_adam, restore_generator
 from mlcourse.stats import ci95
 from mlcourse.tasks import Sinusoid
-from mlcourse.training import make_adam, restore_generator
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "cavia", "pretrain")
 EVAL_SEED = 20_170_703  # held-out tasks: a generator no training run uses

@@ -1,18 +1,18 @@
 """Lesson 09's meta-learners as experiments: its one outer loop as a learner.
 
 :class:`OuterLoopLearner`, a :class:`~mlcourse.experiments.learner.Learner`, runs
-:func:`mlcourse.unified.outer_step` for any meta-learner and task family of
-:mod:`mlcourse.unified`. Two loops drive that same learner:
+:func:`mlcourse.algorithms.unified.outer_step` for any meta-learner and task family of
+:mod:`mlcourse.algorithms.unified`. Two loops drive that same learner:
 
-- :func:`mlcourse.unified.outer_loop`, in memory, for lesson 09's cells (a learner built with
-  :meth:`OuterLoopLearner.of` from the objects the lesson made);
-- :func:`mlcourse.training.train`, with checkpoints, resumption and logs, for
+- :func:`mlcourse.algorithms.unified.outer_loop`, in memory, for lesson 09's cells (a learner built
+  with :meth:`OuterLoopLearner.of` from the objects the lesson made);
+- :func:`mlcourse.experiments.training.train`, with checkpoints, resumption and logs, for
   ``mlcourse train unified-ROW`` (a learner built from a :class:`UnifiedConfig` that names one
   row of the lesson's table, ``ROWS``).
 
 With the same seed and budget both give the same parameters, and ``mlcourse eval unified-ROW``
-measures them on the held-out tasks of :func:`mlcourse.unified.compare`, so it reproduces the
-lesson's row.
+measures them on the held-out tasks of :func:`mlcourse.algorithms.unified.compare`, so it reproduces
+the lesson's row.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mlcourse import unified
+from mlcourse.algorithms import unified
 from mlcourse.experiments.learner import Learner, Weights, loaded
 from mlcourse.options import check_config, option, positive_int
-from mlcourse.training import make_adam, restore_generator
+from mlcourse.runtime import make_adam, restore_generator
 
 # Lesson 09's table: each row's meta-learner (fresh each time), its training family and its
 # held-out family (task families are frozen dataclasses, so rows share them).
@@ -111,8 +111,8 @@ class OuterLoopLearner(Learner):
     """Adam on a meta-learner's parameters, one sampled meta-batch per step.
 
     Built from a :class:`UnifiedConfig` (``mlcourse train``) or, with :meth:`of`, from any
-    :class:`mlcourse.unified.MetaLearner` and task family (lesson 09's
-    :func:`mlcourse.unified.outer_loop`).
+    :class:`mlcourse.algorithms.unified.MetaLearner` and task family (lesson 09's
+    :func:`mlcourse.algorithms.unified.outer_loop`).
 
     Attributes:
         meta_learner, family: what is meta-trained, on which tasks.
@@ -144,8 +144,8 @@ class OuterLoopLearner(Learner):
         """A learner for the given meta-learner and family, evaluated on that family (no
         config: it is not a named row). ``options``: ``meta_batch_size``, ``meta_lr``,
         ``generator``, and optionally ``params`` (parameters to continue from, trained in
-        place), ``device``, ``max_grad_norm``, as :func:`mlcourse.unified.outer_loop` takes
-        them."""
+        place), ``device``, ``max_grad_norm``, as :func:`mlcourse.algorithms.unified.outer_loop`
+        takes them."""
         self = cls.__new__(cls)
         self.config = None
         self._setup(meta_learner, family, eval_family=family, **options)

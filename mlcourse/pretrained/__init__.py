@@ -33,7 +33,8 @@ from typing import Any
 
 import torch
 
-from mlcourse.training import load_checkpoint, make_config, safe_load
+from mlcourse.experiments.training import load_checkpoint, make_config
+from mlcourse.runtime import safe_load
 
 INDEX = "index.json"
 
@@ -104,7 +105,7 @@ class Pretrained:
     def learner(self, device=None):
         """A fresh learner of the experiment holding these weights (optimizer, environments and
         generators new), e.g. to evaluate it or to train on from it."""
-        from mlcourse.training import resolve_device
+        from mlcourse.runtime import resolve_device
 
         learner = _experiment(self.experiment).learner(self.config, resolve_device(device))
         learner.load_weights(self.weights, source=f"shipped {self.name}")

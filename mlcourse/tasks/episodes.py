@@ -230,7 +230,7 @@ def nearest_neighbour_accuracy(tasks: TaskBatch) -> tuple[float, float]:
             and ``y_query: (num_tasks, n_query)``.
 
     Returns:
-        ``(accuracy, ci95)`` in percent, like :func:`mlcourse.fewshot.accuracy_ci95`.
+        ``(accuracy, ci95)`` in percent, like :func:`mlcourse.algorithms.fewshot.accuracy_ci95`.
 
     Example:
         >>> x = torch.eye(3).expand(2, 3, 3)  # two tasks
