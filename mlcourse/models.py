@@ -179,7 +179,7 @@ def head_params(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
     Args:
         params: ``{name: tensor}``, e.g.
-        ``mlcourse.algorithms.maml.params_of(Conv4(out_features=5))``.
+            ``mlcourse.algorithms.maml.params_of(Conv4(out_features=5))``.
 
     Returns:
         ``{name: tensor}`` holding the ``head.*`` entries only (the same tensors).

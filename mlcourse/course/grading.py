@@ -142,9 +142,8 @@ def execute_notebook(
         timeout: seconds for the whole notebook, kernel start excluded.
         env: the kernel's environment (default: this process's).
         cwd: the kernel's working folder (default: this process's).
-        sandboxed: run the kernel in the sandbox of :mod:`mlcourse.course.sandbox`, with ``cwd``
-        (which
-            must be given) as its only writable folder.
+        sandboxed: run the kernel in the sandbox of :mod:`mlcourse.course.sandbox`, with
+            ``cwd`` (which must be given) as its only writable folder.
         memory: the kernel's address-space limit in bytes (None: no limit).
         max_output: bytes of output kept (None: all of it).
 
