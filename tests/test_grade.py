@@ -56,8 +56,24 @@ def _raises():
     return nb
 
 
+def _with_old_names():
+    """The solution as released before the package's folders: its cells import the old names."""
+    nb = _solution()
+    old = {
+        "from mlcourse.runtime import": "from mlcourse.training import",
+        "from mlcourse.course import checks as check": "from mlcourse import checks as check",
+    }
+    for cell in nb.cells:
+        for new, then in old.items():
+            cell.source = cell.source.replace(new, then)
+    text = "\n".join(c.source for c in nb.cells)
+    assert all(then in text for then in old.values()) and "mlcourse.course" not in text
+    return nb
+
+
 SUBMISSIONS = {  # file name -> (notebook, expected score, expected status)
     "00_welcome-solution.ipynb": (_solution, 2, "ok"),
+    "00_welcome-old-names.ipynb": (_with_old_names, 2, "ok"),
     "00_welcome-exercise.ipynb": (
         lambda: nbformat.read(ROOT / "exercises" / "00_welcome.ipynb", as_version=4),
         0,
