@@ -60,16 +60,6 @@ MOVED = {
     },
     "mlcourse.training": "mlcourse.experiments.training",
 }
-# Names that left mlcourse.training for mlcourse.runtime: the old module still has them.
-_TRAINING_TO_RUNTIME = (
-    "DeviceUnavailable",
-    "UnsafeCheckpoint",
-    "default_device",
-    "make_adam",
-    "resolve_device",
-    "restore_generator",
-    "safe_load",
-)
 
 
 def _new_name(fullname: str) -> str | None:
@@ -93,10 +83,6 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         module = importlib.import_module(_new_name(spec.name))
-        if spec.name == "mlcourse.training":
-            runtime = importlib.import_module("mlcourse.runtime")
-            for name in _TRAINING_TO_RUNTIME:
-                module.__dict__.setdefault(name, getattr(runtime, name))
         self._specs[spec.name] = module.__spec__
         return module
 

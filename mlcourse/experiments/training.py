@@ -29,7 +29,19 @@ import torch
 from tqdm.auto import tqdm
 
 from mlcourse.options import OptionError, flag
-from mlcourse.runtime import resolve_device, safe_load
+
+# Of these, only resolve_device and safe_load are used here. The others lived in this module
+# before mlcourse.runtime, and notebooks released earlier import them from it by its old name
+# (``from mlcourse.training import default_device``).
+from mlcourse.runtime import (  # noqa: F401
+    DeviceUnavailable,
+    UnsafeCheckpoint,
+    default_device,
+    make_adam,
+    resolve_device,
+    restore_generator,
+    safe_load,
+)
 
 CHECKPOINT = "checkpoint.pt"
 SHOWN_METRICS = ("trial_return",)  # learner metrics also shown on the progress bar
